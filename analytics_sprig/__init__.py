@@ -1,0 +1,54 @@
+"""analytics-sprig: a pluggy plugin pipeline for Segment's analytics-python, and Sprig.
+
+Importing this package installs ``add_plugin`` / ``remove_plugin`` on
+``segment.analytics`` and ``segment.analytics.Client`` (idempotent; :func:`uninstall`
+undoes it)::
+
+    import segment.analytics as analytics
+    from analytics_sprig import SprigDestination
+
+    analytics.write_key = "SEGMENT_WRITE_KEY"
+    analytics.add_plugin(SprigDestination(api_key="SPRIG_API_KEY"))
+    analytics.track("user-1", "Order Completed", {"total": 10})
+    analytics.shutdown()
+"""
+
+from ._api import DEFAULT_ENDPOINT, SprigClient
+from ._destination import SprigDestination
+from ._discovery import ENTRY_POINT_GROUP, load_plugins
+from ._errors import (
+    ConfigurationError,
+    MessageDropped,
+    SprigAPIError,
+    SprigAuthError,
+    SprigError,
+    SprigNetworkError,
+)
+from ._host import install, installed, pipeline_of, uninstall
+from ._routing import INTEGRATION_NAMES
+from ._version import __version__
+from .hookspecs import hookimpl, hookspec
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "ENTRY_POINT_GROUP",
+    "INTEGRATION_NAMES",
+    "ConfigurationError",
+    "MessageDropped",
+    "SprigAPIError",
+    "SprigAuthError",
+    "SprigClient",
+    "SprigDestination",
+    "SprigError",
+    "SprigNetworkError",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "install",
+    "installed",
+    "load_plugins",
+    "pipeline_of",
+    "uninstall",
+]
+
+install()

@@ -1,0 +1,59 @@
+"""Exception classes. None of their messages ever contains the API key."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class SprigError(Exception):
+    """Base class of every error this package raises or reports through ``on_error``."""
+
+
+class ConfigurationError(SprigError, ValueError):
+    """An option given to :class:`SprigDestination` or the API client is invalid."""
+
+
+class SprigAPIError(SprigError):
+    """Sprig answered with a status that is not a success.
+
+    ``retryable`` tells whether the same request may succeed later (408, 429, 5xx other
+    than 501/505); ``retry_after`` is the server's ``Retry-After`` in seconds, if any.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str = "",
+        *,
+        retryable: bool = False,
+        retry_after: Optional[float] = None,
+    ) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+        text = f"Sprig answered HTTP {status_code}"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+
+
+class SprigAuthError(SprigAPIError):
+    """401/403: the API key is wrong, revoked, or belongs to another Sprig environment."""
+
+
+class SprigNetworkError(SprigError):
+    """The request did not get an HTTP answer (connection refused/reset, timeout...)."""
+
+    retryable = True
+
+
+class MessageDropped(SprigError):
+    """A message was dropped before delivery (queue full, shutdown deadline, after fork).
+
+    ``reason`` is a short machine-readable word: ``queue_full``, ``shutdown``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(detail)

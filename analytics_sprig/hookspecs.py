@@ -1,0 +1,99 @@
+"""Hook specifications of the analytics plugin pipeline.
+
+Every Segment call (``identify``, ``track``, ``page``, ``screen``, ``group``, ``alias``) made
+on a client that has plugins flows through these hooks, in this order::
+
+    analytics_before -> analytics_enrich -> Segment's own queue
+        -> analytics_destination -> analytics_after
+
+A plugin is any object (or module) with functions named after these hooks and marked with
+:data:`hookimpl`. An implementation may accept any subset of a hook's arguments, by name,
+as with pluggy and pytest. An exception raised by an implementation never reaches the app
+and never stops the other plugins: it is logged on the ``analytics_sprig`` logger and
+counted (see :func:`analytics_sprig.pipeline_stats`).
+
+Wrappers (``hookwrapper=True`` / ``wrapper=True``) are not supported for the per-call hooks:
+each implementation is called on its own so one plugin cannot break another.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Union
+
+import pluggy
+
+PROJECT_NAME = "analytics_sprig"
+
+#: Marker for hook specifications (used by this module).
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Marker for hook implementations: decorate plugin methods with ``@hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+Message = Dict[str, Any]
+
+
+@hookspec
+def analytics_before(message: Message, client: Any) -> Optional[Union[Message, bool]]:
+    """Called first, on the app's thread, with the call's raw message.
+
+    ``message`` is the dict analytics-python built for the call before it validated and
+    normalized it (``timestamp`` may be a ``datetime`` or ``None``, ids may be numbers).
+    ``client`` is the :class:`segment.analytics.Client`.
+
+    Return ``False`` to drop the call: Segment does not queue it, no later hook sees it, and
+    the app's call returns ``(False, message)``. Return a dict to replace the message for
+    the plugins after this one. Return ``None`` (or mutate ``message`` in place) to go on.
+    """
+
+
+@hookspec
+def analytics_enrich(message: Message, client: Any) -> Optional[Message]:
+    """Called after every ``analytics_before`` plugin, on the app's thread.
+
+    Add or change fields (context, traits, properties) that Segment and every destination
+    should see. Return a dict to replace the message, or ``None`` after mutating it in
+    place. Enrichment cannot drop a call.
+    """
+
+
+@hookspec
+def analytics_destination(message: Message, client: Any) -> None:
+    """Called once Segment has accepted the call, with the normalized message.
+
+    The message is what analytics-python queued: an ISO-8601 ``timestamp`` string, a
+    ``messageId``, ``userId``/``anonymousId`` as strings, ``integrations`` a dict, and
+    ``context.library`` set. Treat it as read-only: Segment's queue holds the same dict.
+
+    Runs on the app's thread: enqueue and return; deliver in the background. When
+    ``client.sync_mode`` is true, deliver before returning. Not called when
+    ``client.send`` is false (nothing leaves the process).
+    """
+
+
+@hookspec
+def analytics_after(message: Message, success: bool, client: Any) -> None:
+    """Called last, after every destination, with the normalized message.
+
+    ``success`` is what Segment's own enqueue reported (``False`` when its queue was full).
+    Useful for metrics and auditing. The return value is ignored.
+    """
+
+
+@hookspec
+def analytics_flush(timeout: Optional[float]) -> Optional[bool]:
+    """Called by ``client.flush()`` after Segment's own queue is flushed.
+
+    Block until everything the plugin holds is delivered or has failed, or until
+    ``timeout`` seconds pass (``None``: no deadline). Return ``False`` if something is still
+    pending at the deadline, ``True`` (or ``None``) otherwise.
+    """
+
+
+@hookspec
+def analytics_shutdown(timeout: Optional[float]) -> None:
+    """Called by ``client.join()`` / ``client.shutdown()`` and at interpreter exit.
+
+    Flush, then stop background workers, returning within ``timeout`` seconds even if a
+    remote service is unreachable. Messages still pending at the deadline are dropped and
+    reported. Must be safe to call more than once.
+    """
