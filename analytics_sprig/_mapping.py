@@ -10,7 +10,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 logger = logging.getLogger("analytics_sprig")
@@ -28,6 +28,8 @@ DEFAULT_PAGE_EVENT_DEFAULT = "Loaded a Page"
 Payload = Dict[str, Any]
 _SCALARS = (str, bool, int, float)
 _FRACTION = re.compile(r"(\.\d+)")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def _scalar(value: Any) -> Any:
@@ -113,7 +115,8 @@ def epoch_millis(timestamp: Any, now: Optional[datetime] = None) -> int:
         moment = now or datetime.now(timezone.utc)
     if moment.tzinfo is None or moment.utcoffset() is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+    # Integer arithmetic: float ``timestamp() * 1000`` is 1 ms short for some instants.
+    return (moment - _EPOCH) // _ONE_MS
 
 
 def _parse_iso(text: str) -> Optional[datetime]:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,6 +25,20 @@ from analytics_sprig.fake_server import FakeSprig, RecordedRequest
 
 KEY = "k"
 AUTH = {"Authorization": f"API-Key {KEY}"}
+# httpx builds a new SSL context per client (~40 ms); sharing one keeps the file fast.
+SSL = ssl.create_default_context()
+
+
+def post(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(url, verify=SSL, **kwargs)
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, verify=SSL, **kwargs)
+
+
+def sprig_client(sprig: FakeSprig, timeout: float = 2.0) -> httpx.Client:
+    return httpx.Client(base_url=sprig.url, headers=AUTH, timeout=timeout, verify=SSL)
 
 
 @pytest.fixture
@@ -34,7 +49,7 @@ def sprig() -> Iterator[FakeSprig]:
 
 @pytest.fixture
 def client(sprig: FakeSprig) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sprig.url, headers=AUTH, timeout=2.0) as c:
+    with sprig_client(sprig) as c:
         yield c
 
 
@@ -125,7 +140,9 @@ INVALID_USER_BODIES = [
     pytest.param({"userId": "u", "emailAddress": None}, 422, id="null-email"),
     pytest.param({"userId": "u", "attributes": []}, 422, id="attributes-array"),
     pytest.param({"userId": "u", "attributes": "x"}, 422, id="attributes-string"),
-    pytest.param({"userId": "u", "attributes": {**HUNDRED_ATTRIBUTES, "x": 1}}, 422, id="101-attrs"),
+    pytest.param(
+        {"userId": "u", "attributes": {**HUNDRED_ATTRIBUTES, "x": 1}}, 422, id="101-attrs"
+    ),
     pytest.param({"userId": "u", "attributes": {"a": None}}, 422, id="null-value"),
     pytest.param({"userId": "u", "attributes": {"a": {"b": 1}}}, 422, id="nested-value"),
     pytest.param({"userId": "u", "attributes": {"a": [1]}}, 422, id="list-value"),
@@ -186,7 +203,7 @@ def test_valid_attribute_types_and_limits_are_accepted(
     ],
 )
 def test_auth_with_key(sprig: FakeSprig, headers: dict[str, str], status: int) -> None:
-    response = httpx.post(sprig.url + "/v2/users", json={"userId": "u"}, headers=headers)
+    response = post(sprig.url + "/v2/users", json={"userId": "u"}, headers=headers)
     assert response.status_code == status
     if status == 401:
         assert response.json() == {"error": "Unauthorized"}
@@ -196,18 +213,18 @@ def test_auth_with_key(sprig: FakeSprig, headers: dict[str, str], status: int) -
 
 
 def test_auth_applies_to_get_and_purge(sprig: FakeSprig) -> None:
-    assert httpx.get(sprig.url + "/v2/users/u").status_code == 401
-    assert httpx.post(sprig.url + "/v2/purge/visitors", json={"userIds": ["u"]}).status_code == 401
+    assert get(sprig.url + "/v2/users/u").status_code == 401
+    assert post(sprig.url + "/v2/purge/visitors", json={"userIds": ["u"]}).status_code == 401
 
 
 def test_bad_key_status_403_for_wrong_key_only() -> None:
     with FakeSprig(api_key=KEY, bad_key_status=403) as sprig:
-        wrong = httpx.post(
+        wrong = post(
             sprig.url + "/v2/users", json={"userId": "u"}, headers={"Authorization": "API-Key x"}
         )
         assert wrong.status_code == 403
         assert "error" in wrong.json()
-        missing = httpx.post(sprig.url + "/v2/users", json={"userId": "u"})
+        missing = post(sprig.url + "/v2/users", json={"userId": "u"})
         assert missing.status_code == 401
         assert sprig.users == {}
 
@@ -215,19 +232,17 @@ def test_bad_key_status_403_for_wrong_key_only() -> None:
 def test_no_api_key_accepts_any_api_key_header() -> None:
     with FakeSprig() as sprig:
         url = sprig.url + "/v2/users"
-        ok = httpx.post(url, json={"userId": "u"}, headers={"Authorization": "API-Key anything"})
+        ok = post(url, json={"userId": "u"}, headers={"Authorization": "API-Key anything"})
         assert ok.status_code == 202
-        assert httpx.post(url, json={"userId": "u"}).status_code == 401
-        bearer = httpx.post(url, json={"userId": "u"}, headers={"Authorization": "Bearer x"})
+        assert post(url, json={"userId": "u"}).status_code == 401
+        bearer = post(url, json={"userId": "u"}, headers={"Authorization": "Bearer x"})
         assert bearer.status_code == 401
 
 
 # -- upsert and get -----------------------------------------------------------------------
 
 
-def test_upsert_merges_attributes_and_counts_events(
-    sprig: FakeSprig, client: httpx.Client
-) -> None:
+def test_upsert_merges_attributes_and_counts_events(sprig: FakeSprig, client: httpx.Client) -> None:
     first = {
         "userId": "u",
         "emailAddress": "a@x.io",
@@ -342,13 +357,13 @@ def test_purge_of_exactly_100_ids_is_accepted(sprig: FakeSprig, client: httpx.Cl
 def test_segment_batch_plain_and_gzip(sprig: FakeSprig) -> None:
     url = sprig.url + "/v1/batch"
     first = {"batch": [{"type": "identify", "userId": "a"}, {"type": "track", "event": "x"}]}
-    response = httpx.post(url, json=first, auth=("writekey", ""))
+    response = post(url, json=first, auth=("writekey", ""))
     assert response.status_code == 200
     assert response.json() == {"success": True}
     second = {"batch": [{"type": "page", "userId": "b"}], "sentAt": "now"}
     zipped = gzip.compress(json.dumps(second).encode())
     headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
-    assert httpx.post(url, content=zipped, headers=headers).status_code == 200
+    assert post(url, content=zipped, headers=headers).status_code == 200
     assert [m["type"] for m in sprig.segment_messages] == ["identify", "track", "page"]
     records = sprig.requests
     assert [r.path for r in records] == ["/v1/batch", "/v1/batch"]
@@ -359,10 +374,10 @@ def test_segment_batch_plain_and_gzip(sprig: FakeSprig) -> None:
 
 def test_segment_batch_rejects_bad_bodies(sprig: FakeSprig) -> None:
     url = sprig.url + "/v1/batch"
-    bad_gzip = httpx.post(url, content=b"nope", headers={"Content-Encoding": "gzip"})
+    bad_gzip = post(url, content=b"nope", headers={"Content-Encoding": "gzip"})
     assert bad_gzip.status_code == 400
-    assert httpx.post(url, json={"batch": "x"}).status_code == 400
-    assert httpx.post(url, json=[1]).status_code == 400
+    assert post(url, json={"batch": "x"}).status_code == 400
+    assert post(url, json=[1]).status_code == 400
     assert sprig.segment_messages == []
 
 
@@ -407,9 +422,7 @@ def test_unknown_paths_and_wrong_methods(
 # -- faults -----------------------------------------------------------------------------
 
 
-def test_injected_status_with_retry_after_and_count(
-    sprig: FakeSprig, client: httpx.Client
-) -> None:
+def test_injected_status_with_retry_after_and_count(sprig: FakeSprig, client: httpx.Client) -> None:
     sprig.inject(status=503, count=2, retry_after=3)
     first = upsert(client, {"userId": "u"})
     second = upsert(client, {"userId": "u"})
@@ -444,13 +457,13 @@ def test_faults_apply_in_injection_order(sprig: FakeSprig, client: httpx.Client)
 def test_fault_path_filter_and_segment_exemption(sprig: FakeSprig, client: httpx.Client) -> None:
     sprig.inject(status=500, path="/v2/purge/visitors")
     sprig.inject(status=503, count=5)  # any /v2 path, never /v1/batch
-    batch = httpx.post(sprig.url + "/v1/batch", json={"batch": []})
+    batch = post(sprig.url + "/v1/batch", json={"batch": []})
     assert batch.status_code == 200
     assert client.post("/v2/purge/visitors", json={"userIds": ["u"]}).status_code == 500
     assert upsert(client, {"userId": "u"}).status_code == 503
     sprig.reset()
     sprig.inject(status=500, path="/v1/batch")
-    assert httpx.post(sprig.url + "/v1/batch", json={"batch": [{}]}).status_code == 500
+    assert post(sprig.url + "/v1/batch", json={"batch": [{}]}).status_code == 500
     assert sprig.segment_messages == []
 
 
@@ -505,7 +518,7 @@ def test_set_delay_slows_every_response(sprig: FakeSprig, client: httpx.Client) 
     sprig.set_delay(0.2)
     start = time.monotonic()
     assert upsert(client, {"userId": "u"}).status_code == 202
-    assert httpx.post(sprig.url + "/v1/batch", json={"batch": []}).status_code == 200
+    assert post(sprig.url + "/v1/batch", json={"batch": []}).status_code == 200
     assert time.monotonic() - start >= 0.4
     sprig.set_delay(0)
     start = time.monotonic()
@@ -517,7 +530,7 @@ def test_blackhole_times_out_client_and_stop_is_prompt() -> None:
     sprig = FakeSprig(api_key=KEY).start()
     try:
         sprig.blackhole(True)
-        with httpx.Client(base_url=sprig.url, headers=AUTH, timeout=0.3) as c:
+        with sprig_client(sprig, timeout=0.3) as c:
             with pytest.raises(httpx.ReadTimeout):
                 upsert(c, {"userId": "u"})
             assert sprig.requests[0].status == 0
@@ -535,7 +548,7 @@ def test_blackhole_off_releases_waiting_request(sprig: FakeSprig) -> None:
 
     def call() -> None:
         try:
-            httpx.post(sprig.url + "/v2/users", json={"userId": "u"}, headers=AUTH, timeout=5)
+            post(sprig.url + "/v2/users", json={"userId": "u"}, headers=AUTH, timeout=5)
         except httpx.HTTPError as exc:
             errors.append(exc)
 
@@ -550,7 +563,7 @@ def test_blackhole_off_releases_waiting_request(sprig: FakeSprig) -> None:
     assert len(errors) == 1
     assert isinstance(errors[0], httpx.RemoteProtocolError)  # closed unanswered
     assert sprig.users == {}
-    assert httpx.post(sprig.url + "/v2/users", json={"userId": "u"}, headers=AUTH).status_code == 202
+    assert post(sprig.url + "/v2/users", json={"userId": "u"}, headers=AUTH).status_code == 202
 
 
 def test_redirect(sprig: FakeSprig, client: httpx.Client) -> None:
@@ -560,7 +573,7 @@ def test_redirect(sprig: FakeSprig, client: httpx.Client) -> None:
     assert response.status_code == 307
     assert response.headers["location"] == target
     assert sprig.users == {}
-    assert httpx.post(sprig.url + "/v1/batch", json={"batch": []}).status_code == 200
+    assert post(sprig.url + "/v1/batch", json={"batch": []}).status_code == 200
     sprig.redirect(None)
     assert upsert(client, {"userId": "u"}).status_code == 202
 
@@ -568,7 +581,7 @@ def test_redirect(sprig: FakeSprig, client: httpx.Client) -> None:
 def test_reset_forgets_everything(sprig: FakeSprig, client: httpx.Client) -> None:
     upsert(client, {"userId": "u"})
     client.post("/v2/purge/visitors", json={"userIds": ["u"]})
-    httpx.post(sprig.url + "/v1/batch", json={"batch": [{"type": "track"}]})
+    post(sprig.url + "/v1/batch", json={"batch": [{"type": "track"}]})
     sprig.inject(status=500, count=10)
     sprig.set_delay(0.5)
     sprig.redirect("http://x")
@@ -603,22 +616,22 @@ def test_requests_keep_arrival_order_when_answers_are_late(sprig: FakeSprig) -> 
     sprig.inject(status=None, delay=0.3)
     url = sprig.url + "/v2/users"
     slow = threading.Thread(
-        target=httpx.post, args=(url,), kwargs={"json": {"userId": "slow"}, "headers": AUTH}
+        target=post, args=(url,), kwargs={"json": {"userId": "slow"}, "headers": AUTH}
     )
     slow.start()
     # A delayed request is recorded when answered, so give it time to arrive first.
     time.sleep(0.1)
     assert sprig.requests == []
-    assert httpx.post(url, json={"userId": "fast"}, headers=AUTH).status_code == 202
+    assert post(url, json={"userId": "fast"}, headers=AUTH).status_code == 202
     slow.join(2)
     assert [r.json["userId"] for r in sprig.requests] == ["slow", "fast"]
 
 
 def test_concurrent_clients(sprig: FakeSprig) -> None:
-    def post(i: int) -> None:
-        httpx.post(sprig.url + "/v2/users", json={"userId": f"u{i}"}, headers=AUTH)
+    def send(i: int) -> None:
+        post(sprig.url + "/v2/users", json={"userId": f"u{i}"}, headers=AUTH)
 
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(20)]
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()
     for t in threads:
@@ -630,18 +643,18 @@ def test_concurrent_clients(sprig: FakeSprig) -> None:
 def test_stop_with_open_keep_alive_connection_and_restart() -> None:
     sprig = FakeSprig(api_key=KEY).start()
     url = sprig.url
-    with httpx.Client(base_url=url, headers=AUTH, timeout=2.0) as c:
+    with sprig_client(sprig) as c:
         assert upsert(c, {"userId": "u"}).status_code == 202
         start = time.monotonic()
         sprig.stop()  # the client still holds its connection open
         assert time.monotonic() - start < 1.0
         sprig.stop()  # idempotent
         with pytest.raises(httpx.TransportError):
-            httpx.post(url + "/v2/users", json={"userId": "v"}, headers=AUTH, timeout=1)
+            post(url + "/v2/users", json={"userId": "v"}, headers=AUTH, timeout=1)
     sprig.start()
     try:
         assert sprig.url == url  # same port: clients configured with the URL reconnect
-        assert httpx.post(url + "/v2/users", json={"userId": "v"}, headers=AUTH).status_code == 202
+        assert post(url + "/v2/users", json={"userId": "v"}, headers=AUTH).status_code == 202
         assert set(sprig.users) == {"u", "v"}
     finally:
         sprig.stop()
@@ -654,7 +667,7 @@ def test_url_before_start_raises() -> None:
 
 def test_no_threads_left_behind_after_stop() -> None:
     before = set(threading.enumerate())
-    with FakeSprig(api_key=KEY) as sprig, httpx.Client(headers=AUTH) as c:
+    with FakeSprig(api_key=KEY) as sprig, sprig_client(sprig) as c:
         c.post(sprig.url + "/v2/users", json={"userId": "u"})
     leftover = [t for t in threading.enumerate() if t not in before and t.name.startswith("fake")]
     assert leftover == []
@@ -666,8 +679,8 @@ def test_no_threads_left_behind_after_stop() -> None:
 def test_wait_for_and_wait_for_requests(sprig: FakeSprig) -> None:
     def later() -> None:
         time.sleep(0.1)
-        httpx.post(sprig.url + "/v1/batch", json={"batch": []})
-        httpx.post(sprig.url + "/v2/users", json={"userId": "late"}, headers=AUTH)
+        post(sprig.url + "/v1/batch", json={"batch": []})
+        post(sprig.url + "/v2/users", json={"userId": "late"}, headers=AUTH)
 
     threading.Thread(target=later).start()
     start = time.monotonic()
@@ -684,8 +697,8 @@ def test_wait_for_and_wait_for_requests(sprig: FakeSprig) -> None:
 def test_on_request_hook_sees_each_record() -> None:
     seen: list[RecordedRequest] = []
     with FakeSprig(api_key=KEY, on_request=seen.append) as sprig:
-        httpx.post(sprig.url + "/v2/users", json={"userId": "u"}, headers=AUTH)
-        httpx.get(sprig.url + "/v2/users/u")
+        post(sprig.url + "/v2/users", json={"userId": "u"}, headers=AUTH)
+        get(sprig.url + "/v2/users/u")
     assert [(r.method, r.path, r.status) for r in seen] == [
         ("POST", "/v2/users", 202),
         ("GET", "/v2/users/u", 401),
@@ -713,8 +726,8 @@ def test_serve_prints_url_and_one_line_per_request() -> None:
         first = proc.stdout.readline()
         url = first.split()[first.split().index("on") + 1]
         assert url.startswith("http://127.0.0.1:")
-        assert httpx.post(url + "/v2/users", json={"userId": "u"}, headers=AUTH).status_code == 202
-        assert httpx.get(url + "/v2/users/u").status_code == 401
+        assert post(url + "/v2/users", json={"userId": "u"}, headers=AUTH).status_code == 202
+        assert get(url + "/v2/users/u").status_code == 401
         assert proc.stdout.readline().strip() == "POST /v2/users 202"
         assert proc.stdout.readline().strip() == "GET /v2/users/u 401"
         proc.send_signal(signal.SIGINT)
