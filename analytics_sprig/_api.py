@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import platform
+import re
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import quote
@@ -23,6 +24,9 @@ USER_AGENT = (
 )
 
 
+_USERINFO = re.compile(r"//[^/?#@]*@")
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -30,6 +34,11 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _shown(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced, for error messages."""
+    return _USERINFO.sub("//***@", url)
 
 
 def validate_endpoint(endpoint: Any) -> str:
@@ -40,24 +49,48 @@ def validate_endpoint(endpoint: Any) -> str:
     """
     if not isinstance(endpoint, str):
         raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
+    shown = _shown(endpoint)  # never echo credentials embedded in the URL
     try:
         url = httpx.URL(endpoint)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ConfigurationError(f"endpoint {endpoint!r} is not a valid URL: {exc}") from None
+    except (httpx.InvalidURL, ValueError):
+        raise ConfigurationError(f"endpoint {shown!r} is not a valid URL") from None
     if url.scheme not in ("https", "http") or not url.host:
         raise ConfigurationError(
-            f"endpoint {endpoint!r} must be an absolute https:// URL such as {DEFAULT_ENDPOINT}"
+            f"endpoint {shown!r} must be an absolute https:// URL such as {DEFAULT_ENDPOINT}"
         )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigurationError(f"endpoint {shown!r} has an invalid port")
     if url.scheme == "http" and not _is_loopback(url.host):
         raise ConfigurationError(
-            f"endpoint {endpoint!r} uses plain http; Sprig needs https:// "
+            f"endpoint {shown!r} uses plain http; Sprig needs https:// "
             "(http is allowed only to a loopback host for local testing)"
         )
     if url.userinfo or url.query or url.fragment:
         raise ConfigurationError(
-            f"endpoint {endpoint!r} must not carry credentials, a query or a fragment"
+            f"endpoint {shown!r} must not carry credentials, a query or a fragment"
         )
     return endpoint.rstrip("/")
+
+
+def validate_proxy(proxy: Any) -> Optional[str]:
+    """Return ``proxy`` (``None`` or a proxy URL) or raise at once.
+
+    httpx would only reject a bad proxy when the first request is made, in the worker.
+    The URL is not echoed: proxy URLs often carry credentials.
+    """
+    if proxy is None:
+        return None
+    if not isinstance(proxy, str):
+        raise TypeError(f"proxy must be a str URL, got {type(proxy).__name__}")
+    try:
+        url = httpx.URL(proxy)
+    except (httpx.InvalidURL, ValueError):
+        raise ConfigurationError("proxy is not a valid URL") from None
+    if url.scheme not in ("http", "https", "socks5", "socks5h") or not url.host:
+        raise ConfigurationError(
+            "proxy must be an http://, https:// or socks5:// URL with a host"
+        )
+    return proxy
 
 
 def validate_api_key(api_key: Any) -> str:
@@ -90,31 +123,38 @@ class SprigClient:
         self._api_key = validate_api_key(api_key)
         self.endpoint = validate_endpoint(endpoint)
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
-        self._proxy = proxy
-        self._http: Optional[httpx.Client] = None
+        self._proxy = validate_proxy(proxy)
+        # Requests go straight to an httpx transport: httpx.Client's per-request machinery
+        # (URL merging, cookies, auth/redirect flows, hooks) is ~30% of a request's CPU on
+        # the worker thread (benchmarks/throughput.py, coalescing.py). Same headers as the
+        # Client sent, plus the timeouts as a request extension.
+        self._headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
+            "Authorization": f"API-Key {self._api_key}",
+            "Connection": "keep-alive",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self._extensions = {"timeout": self._timeout.as_dict()}
+        self._users_url = httpx.URL(self.endpoint + "/v2/users")  # parsed once: the hot path
+        self._http: Optional[httpx.HTTPTransport] = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SprigClient(endpoint={self.endpoint!r}, api_key='***')"
 
-    def _client(self) -> httpx.Client:
+    def _client(self) -> httpx.HTTPTransport:
         http = self._http
         if http is None:
             with self._lock:
                 http = self._http
                 if http is None:
-                    http = self._http = httpx.Client(
-                        base_url=self.endpoint,
-                        headers={
-                            "Authorization": f"API-Key {self._api_key}",
-                            "Content-Type": "application/json",
-                            "Accept": "application/json",
-                            "User-Agent": USER_AGENT,
-                        },
-                        timeout=self._timeout,
-                        follow_redirects=False,
+                    # A transport never follows redirects; trust_env=False: no proxy or CA
+                    # settings from the environment by surprise.
+                    http = self._http = httpx.HTTPTransport(
                         verify=True,
-                        trust_env=False,  # no .netrc credentials or env proxies by surprise
+                        trust_env=False,
                         proxy=self._proxy,
                         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                     )
@@ -131,10 +171,22 @@ class SprigClient:
         """
         content = None
         if body is not None:
-            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False,
-                                 allow_nan=False).encode("utf-8")
+            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+            try:
+                content = text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: \u escapes keep it valid JSON
+                content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        url = self._users_url if path == "/v2/users" else httpx.URL(self.endpoint + path)
+        request = httpx.Request(method, url, headers=self._headers, content=content,
+                                extensions=self._extensions)
         try:
-            response = self._client().request(method, path, content=content)
+            response = self._client().handle_request(request)
+            try:
+                response.read()
+            except BaseException:
+                response.close()
+                raise
         except httpx.TransportError as exc:
             raise SprigNetworkError(
                 self._redact(f"{type(exc).__name__} on {method} {path}: {exc}")
@@ -156,7 +208,8 @@ class SprigClient:
                 detail = str(data["error"])
         except ValueError:
             detail = response.text.strip()
-        detail = self._redact(detail[:200])
+        # Redact before truncating: a key cut at the boundary would leak its prefix.
+        detail = self._redact(detail)[:200]
         if 300 <= status < 400:
             detail = "redirects are not followed; check the endpoint"
         if status in (401, 403):

@@ -92,17 +92,24 @@ class SprigDestination:
                     allow_zero=False)
         if isinstance(types, str):
             raise TypeError("types must be a collection of call types, not a str")
-        self._types: FrozenSet[str] = frozenset(types)
+        try:
+            self._types: FrozenSet[str] = frozenset(types)
+        except TypeError:  # None, a number, unhashable items: say which option is wrong
+            raise TypeError(
+                f"types must be a collection of call types, got {type(types).__name__}"
+            ) from None
         unknown = self._types - {"identify", "track", "page", "alias", "group", "screen"}
         if unknown:
-            raise ConfigurationError(f"unknown Segment call types: {sorted(unknown)}")
+            # repr-sorted: sorting mixed str/int would itself raise TypeError.
+            names = ", ".join(sorted(map(repr, unknown)))
+            raise ConfigurationError(f"unknown Segment call types: {names}")
         for name, text in (("page_event_format", page_event_format),
                            ("page_event_default", page_event_default)):
             if not isinstance(text, str) or not text:
                 raise ConfigurationError(f"{name} must be a non-empty str")
         try:
             page_event_format.format(name="x", category="y")
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ConfigurationError(
                 f"page_event_format may use only {{name}} and {{category}}: {exc}"
             ) from None

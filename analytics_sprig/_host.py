@@ -28,7 +28,10 @@ logger = logging.getLogger("analytics_sprig")
 
 _ATTR = "_analytics_sprig_pipeline"
 _lock = threading.RLock()
+# analytics-python's own methods, kept after uninstall(): methods bound while installed
+# (the ``client.join`` every Client registers with atexit) still call through them.
 _originals: Dict[str, Any] = {}
+_installed = False
 _clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
 Message = Dict[str, Any]
@@ -216,7 +219,7 @@ def _enqueue(self: Any, msg: Message) -> Tuple[bool, Message]:
 def _flush(self: Any, timeout: Optional[float] = None) -> Optional[bool]:
     """Flush Segment's queue, then every plugin (``timeout`` bounds the plugins' part)."""
     _originals["flush"](self)
-    pipeline: Optional[Pipeline] = self._analytics_sprig_pipeline
+    pipeline: Optional[Pipeline] = self.__dict__.get(_ATTR)  # no class default once uninstalled
     if pipeline is None:
         return None
     return pipeline.flush(timeout)
@@ -227,7 +230,7 @@ def _join(self: Any, timeout: Optional[float] = None) -> None:
     try:
         _originals["join"](self)
     finally:
-        pipeline: Optional[Pipeline] = self._analytics_sprig_pipeline
+        pipeline: Optional[Pipeline] = self.__dict__.get(_ATTR)
         if pipeline is not None:
             pipeline.shutdown(timeout)
 
@@ -267,13 +270,14 @@ _MODULE_ADDED = {"add_plugin": _module_add_plugin, "remove_plugin": _module_remo
 
 def installed() -> bool:
     """Whether the plugin API is currently installed on analytics-python."""
-    return bool(_originals)
+    return _installed
 
 
 def install() -> None:
     """Install the plugin API on ``segment.analytics`` and ``Client`` (idempotent)."""
+    global _installed
     with _lock:
-        if _originals:
+        if _installed:
             return
         for name in ("_enqueue", "flush", "join"):
             _originals[name] = Client.__dict__[name]
@@ -284,6 +288,7 @@ def install() -> None:
         Client.join = _join
         for name, value in _MODULE_ADDED.items():
             setattr(segment_module, name, value)
+        _installed = True
 
 
 def uninstall() -> None:
@@ -292,8 +297,9 @@ def uninstall() -> None:
     Clients forget their plugins; plugins are not shut down (call their ``shutdown()``
     yourself if they run workers).
     """
+    global _installed
     with _lock:
-        if not _originals:
+        if not _installed:
             return
         for name, original in _originals.items():
             setattr(Client, name, original)
@@ -304,4 +310,4 @@ def uninstall() -> None:
         for client in list(_clients):
             client.__dict__.pop(_ATTR, None)
         _clients.clear()
-        _originals.clear()
+        _installed = False

@@ -28,14 +28,21 @@ DEFAULT_PAGE_EVENT_DEFAULT = "Loaded a Page"
 Payload = Dict[str, Any]
 _SCALARS = (str, bool, int, float)
 _FRACTION = re.compile(r"(\.\d+)")
+#: Ints longer than this (about 4200 digits) are dropped; see ``_scalar``.
+_MAX_INT_BITS = 14_000
+#: Epoch milliseconds of ``datetime.max`` (the year 9999), bound of a numeric timestamp.
+_MAX_MILLIS = 253_402_300_800_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 
 
 def _scalar(value: Any) -> Any:
     """A value Sprig accepts as an attribute, or ``None`` to drop it."""
-    if isinstance(value, (bool, str, int)):
+    if isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):
+        # Python (3.11+) refuses to write ints over 4300 digits: such a body is no JSON.
+        return value if value.bit_length() <= _MAX_INT_BITS else None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (datetime, date)):
@@ -43,7 +50,7 @@ def _scalar(value: Any) -> Any:
     return None
 
 
-def _joined(values: Iterable[Any]) -> Optional[str]:
+def _joined(values: Iterable[Any], sort: bool = False) -> Optional[str]:
     parts: List[str] = []
     for item in values:
         if item is None:
@@ -55,12 +62,17 @@ def _joined(values: Iterable[Any]) -> Optional[str]:
         if scalar is None:
             return None  # a list holding dicts/lists/NaN is not a list of scalars
         parts.append(str(scalar))
+    if sort:
+        parts.sort()  # sets: a stable order (sorting the items by repr() can raise)
     return ",".join(parts)
 
 
 def _flatten(prefix: str, traits: Mapping[Any, Any], out: Dict[str, Any], depth: int) -> None:
     for raw_key, value in traits.items():
-        key = f"{prefix}{raw_key}"
+        try:
+            key = f"{prefix}{raw_key}"
+        except ValueError:  # an int key too long to write (see _scalar)
+            continue
         if isinstance(value, Mapping):
             if depth < MAX_DEPTH:
                 _flatten(key + ".", value, out, depth + 1)
@@ -68,8 +80,7 @@ def _flatten(prefix: str, traits: Mapping[Any, Any], out: Dict[str, Any], depth:
         if not key or key.startswith("!"):
             continue  # "!"-keys are reserved by Sprig
         if isinstance(value, (list, tuple, set, frozenset)):
-            joined = _joined(sorted(value, key=repr) if isinstance(value, (set, frozenset))
-                             else value)
+            joined = _joined(value, sort=isinstance(value, (set, frozenset)))
             if joined is not None:
                 out[key] = joined
             continue
@@ -106,9 +117,11 @@ def epoch_millis(timestamp: Any, now: Optional[datetime] = None) -> int:
     if isinstance(timestamp, datetime):
         moment = timestamp
     elif isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
-        if math.isfinite(timestamp):
+        # Comparing with an int bound: math.isfinite() raises OverflowError on huge ints,
+        # and NaN, infinities and times past the year 9999 fall through to ``now``.
+        if -_MAX_MILLIS < timestamp < _MAX_MILLIS:
             # Numbers above 1e11 are already milliseconds (1e11 s is the year 5138).
-            return int(timestamp if timestamp > 1e11 else timestamp * 1000)
+            return round(timestamp if timestamp > 1e11 else timestamp * 1000)
     elif isinstance(timestamp, str):
         moment = _parse_iso(timestamp)
     if moment is None:
@@ -145,7 +158,9 @@ def page_event_name(
     """``Viewed {name} Page`` when the page call has a name, else ``Loaded a Page``."""
     name = message.get("name")
     if isinstance(name, str) and name:
-        category = message.get("category") or ""
+        category = message.get("category")
+        # Only a str: format() of any other object may raise (or run its __format__).
+        category = category if isinstance(category, str) else ""
         return name_format.format(name=name, category=category)
     return default
 
@@ -172,7 +187,10 @@ def map_message(
     user_id = message.get("userId")
     if user_id is None or user_id == "":
         return None
-    payload: Payload = {"userId": str(user_id)}
+    try:
+        payload: Payload = {"userId": str(user_id)}
+    except ValueError:  # an int id too long to write as text (Python 3.11+)
+        return None
     kind = message.get("type")
     if kind == "identify":
         traits = message.get("traits")

@@ -79,6 +79,12 @@ class DeliveryWorker:
         self._closed = False
         self._epoch = 0  # bumped when pending messages are written off at a deadline
         self._inflight = 0
+        # The messages being sent (by id, since dicts are unhashable), so a shutdown
+        # deadline can report them to on_error; and on_error calls still running, so
+        # flush() returns only after failures were reported.
+        self._sending: Dict[int, List[Message]] = {}
+        self._reporting = 0
+        self._local = threading.local()
         self._overflowing = False
         self._auth_until = 0.0
         self._auth_error: Optional[SprigAuthError] = None
@@ -138,6 +144,7 @@ class DeliveryWorker:
                 closed = True
             else:
                 self._inflight += 1
+                self._hold([message])
                 epoch = self._epoch
                 closed = False
         if closed:
@@ -182,6 +189,7 @@ class DeliveryWorker:
                     return
                 chunk = [queue.popleft() for _ in range(min(len(queue), self._max_batch_size))]
                 self._inflight += len(chunk)
+                self._hold(chunk)
                 epoch = self._epoch
             self._send_messages(chunk, epoch)
 
@@ -222,6 +230,8 @@ class DeliveryWorker:
         retries_used = 0
         waited = 0.0
         while True:
+            if self._abort.is_set():
+                raise _Aborted  # shut down: these messages were already written off
             self._check_auth_cooldown()
             self._rate_limit()
             with self._lock:
@@ -282,10 +292,12 @@ class DeliveryWorker:
     ) -> None:
         """Move ``messages`` from pending to ``outcome`` (once: a deadline may have won)."""
         count = len(messages)
+        report = outcome == "failed" and error is not None
         with self._lock:
             if epoch != self._epoch:
                 return  # already written off as dropped at a shutdown deadline
             self._inflight -= count
+            self._release(messages)
             if outcome == "delivered":
                 self.delivered += count
                 if self._auth_error is not None:
@@ -295,13 +307,47 @@ class DeliveryWorker:
                 self.failed += count
             else:
                 self.skipped[outcome] += count
-            if not self._inflight and not self._queue:
+            if report:
+                self._reporting += 1
+            elif self._is_idle():
                 self._idle.notify_all()
-        if outcome == "failed" and error is not None:
-            logger.warning("%d message(s) failed to reach Sprig: %s", count, error)
-            self._call_on_error(error, messages)
+        if report and error is not None:
+            self._local.reporting = True  # an on_error that calls flush() must not wait on itself
+            try:
+                logger.warning("%d message(s) failed to reach Sprig: %s", count, error)
+                self._call_on_error(error, messages)
+            finally:
+                self._local.reporting = False
+                with self._lock:
+                    self._reporting -= 1
+                    if self._is_idle():
+                        self._idle.notify_all()
         elif outcome == "unmappable":
             logger.debug("skipped a %s message Sprig cannot represent", messages[0].get("type"))
+
+    def _is_idle(self) -> bool:
+        """Nothing queued, sent or being reported (the caller holds the lock)."""
+        return not self._queue and not self._inflight and not self._reporting
+
+    def _is_drained(self) -> bool:
+        """Nothing queued or sent (the caller holds the lock)."""
+        return not self._queue and not self._inflight
+
+    def _hold(self, messages: Sequence[Message]) -> None:
+        """Remember messages going in flight (the caller holds the lock)."""
+        sending = self._sending
+        for message in messages:
+            sending.setdefault(id(message), []).append(message)
+
+    def _release(self, messages: Sequence[Message]) -> None:
+        """Forget settled in-flight messages (the caller holds the lock)."""
+        sending = self._sending
+        for message in messages:
+            held = sending.get(id(message))
+            if held:
+                held.pop()
+                if not held:
+                    del sending[id(message)]
 
     def _call_on_error(self, error: BaseException, messages: Sequence[Message]) -> None:
         if self._on_error is None:
@@ -335,9 +381,10 @@ class DeliveryWorker:
                 # No thread can be started (interpreter exit): send from this thread.
                 self._drain_inline(deadline)
         self._wake.set()
+        reentrant = getattr(self._local, "reporting", False)
         with self._lock:
             drained: bool = self._idle.wait_for(
-                lambda: not self._queue and not self._inflight,
+                self._is_drained if reentrant else self._is_idle,
                 None if deadline is None else max(0.0, deadline - time.monotonic()),
             )
         return drained
@@ -375,9 +422,12 @@ class DeliveryWorker:
     def _write_off(self) -> None:
         """Count everything still pending as dropped (shutdown deadline)."""
         with self._lock:
-            messages = list(self._queue)
-            count = len(messages) + self._inflight
+            # In-flight messages first: they were queued before the ones still waiting.
+            messages = [m for held in self._sending.values() for m in held]
+            messages.extend(self._queue)
+            count = len(self._queue) + self._inflight
             self._queue.clear()
+            self._sending.clear()
             self._inflight = 0
             self._epoch += 1
             self.dropped += count
