@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import textwrap
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO
@@ -19,6 +20,7 @@ from segment.analytics import Client
 
 from ._api import DEFAULT_ENDPOINT
 from ._destination import SprigDestination
+from ._host import install
 from ._mapping import coalesce, map_message
 from ._routing import INTEGRATION_NAMES, skip_reason
 from .fake_server import FakeSprig
@@ -304,8 +306,6 @@ def print_report(
     For demos and examples wired like the quickstart: an analytics-python ``Client`` with
     ``host=local.url`` and a ``SprigDestination(endpoint=local.url)``, already flushed.
     """
-    import sys
-
     stream = sys.stdout if file is None else file
     stream.write(render_report(local.segment_messages, observed_requests(local),
                                destination.stats(), width=terminal_width(), layout=layout))
@@ -346,6 +346,7 @@ def run_session(
     Segment's side always goes to a local fake. Sprig's side goes to the same local fake,
     or, when ``real_api_key`` is given, to the Sprig API at ``endpoint``.
     """
+    install()  # idempotent: the demo needs Client.add_plugin even after an uninstall()
     with FakeSprig(api_key=DEMO_API_KEY) as local:
         client = Client(DEMO_WRITE_KEY, host=local.url, upload_interval=0.05)
         destination = SprigDestination(

@@ -60,9 +60,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 #: Replay hands the destination this many routed messages, then waits for them to be sent.
-#: It is also the destination's ``max_batch_size``, so each chunk is one send cycle whose
-#: messages are coalesced per user (fewer requests against Sprig's rate limit), and
-#: ``--dry-run`` (which coalesces per chunk too) prints exactly the requests a real run makes.
+#: Each chunk goes out in one send cycle, its messages coalesced per user (fewer requests
+#: against Sprig's rate limit), so ``--dry-run`` (which coalesces per chunk too) prints
+#: exactly the requests a real run makes.
 REPLAY_CHUNK = 10000
 
 _UNMAPPABLE = "unmappable"
@@ -457,6 +457,9 @@ def _replay_summary(state: _Replay, stats: Mapping[str, int], dry_run: bool) -> 
         row("delivered", stats.get("delivered", 0), detail)
         row("failed", stats.get("failed", 0))
         row("dropped", stats.get("dropped", 0))
+        unsent = state.messages - stats.get("received", 0)
+        if unsent > 0:
+            row("not sent", unsent, "(read, but the replay stopped first)")
         for text, count in state.errors.most_common(5):
             lines.append(f"    {count} x {text}")
     if state.stopped_at is not None:
@@ -489,8 +492,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if state.interrupted:
         return EXIT_INTERRUPTED
     if state.auth_failed.is_set():
-        _err("Sprig rejected the API key (HTTP 401/403): it is wrong or revoked, or belongs "
-             "to another Sprig environment")
+        _err(f"Sprig rejected the API key; check --api-key or {API_KEY_ENV}")
         return EXIT_FAILED
     if stats.get("failed", 0) or stats.get("dropped", 0):
         return EXIT_FAILED
@@ -567,10 +569,10 @@ def _cmd_purge(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     finally:
         destination.shutdown(timeout=1.0)
-    when = ("Sprig's default delay (10 days)" if args.delay_seconds is None
-            else f"{args.delay_seconds} s")
-    print(f"Submitted {len(user_ids)} user ids and {len(emails)} emails in {len(chunks)} "
-          f"requests; Sprig deletes them after {when}.")
+    when = ("its default delay (10 days)" if args.delay_seconds is None
+            else _plural(args.delay_seconds, "second"))
+    print(f"Submitted {_plural(len(user_ids), 'user id')} and {_plural(len(emails), 'email')} "
+          f"in {_plural(len(chunks), 'request')}; Sprig deletes them after {when}.")
     return EXIT_OK
 
 

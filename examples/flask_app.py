@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 from typing import Any, Dict, Optional, Tuple
 
 from flask import Flask, jsonify, request
@@ -62,7 +63,12 @@ def create_app(
     analytics.add_plugin(sprig)
 
     # --- shutdown: Flask has no app-exit hook; atexit runs on normal interpreter exit ---
+    stopped = threading.Event()
+
     def shutdown() -> None:
+        if stopped.is_set():
+            return  # once only: a second Client.shutdown() would wait on a stopped queue
+        stopped.set()
         atexit.unregister(shutdown)
         analytics.shutdown()  # flushes Segment and Sprig, stops their threads
         if local is not None:

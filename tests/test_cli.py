@@ -411,7 +411,7 @@ def test_purge_ids_and_emails_with_a_delay(
         {"userIds": ["u-1", "u-2"], "emails": ["a@example.com"], "delaySeconds": 0}
     ]
     assert "u-1" not in sprig.users  # delaySeconds 0: deleted at once
-    assert "after 0 s" in capsys.readouterr().out
+    assert "after 0 seconds" in capsys.readouterr().out
 
 
 def test_purge_reports_what_was_accepted_before_a_failure(

@@ -1,0 +1,68 @@
+"""Each benchmark script runs end to end with ``--quick`` and prints its RATIO line(s).
+
+Timing is never asserted (the figures of a tiny run on a shared machine mean nothing);
+what is checked is that the script works: it exits 0, prints a well-formed ratio line per
+target, and its own internal checks (no message lost, counters adding up) did not raise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+RATIO = re.compile(
+    r"^RATIO (?P<name>[a-z_]+)=(?P<value>\S+) target=(?P<op><=|>=)(?P<bound>[0-9.]+) "
+    r"(?P<verdict>PASS|FAIL)$"
+)
+
+# script -> the ratio names it must print, in order
+EXPECTED = {
+    "hot_path.py": ["hot_path_noop_plugin", "hot_path_sprig"],
+    "throughput.py": ["throughput"],
+    "coalescing.py": ["coalescing"],
+    "memory.py": ["memory_growth_after_cap"],
+}
+
+if not BENCHMARKS.is_dir():  # e.g. tests run from an installed sdist without benchmarks/
+    pytest.skip("benchmarks/ is not present", allow_module_level=True)
+
+
+def run_quick(script: str) -> List[str]:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=BENCHMARKS.parent,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout.splitlines()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_benchmark_quick_run_prints_its_ratio(script: str) -> None:
+    lines = run_quick(script)
+    ratio_lines = [line for line in lines if line.startswith("RATIO ")]
+    assert len(ratio_lines) == len(EXPECTED[script]), lines
+    # The ratio line(s) come last.
+    assert lines[-len(ratio_lines):] == ratio_lines
+    for line, name in zip(ratio_lines, EXPECTED[script]):
+        match = RATIO.match(line)
+        assert match is not None, line
+        assert match["name"] == name
+        value = float(match["value"])
+        assert math.isfinite(value) and value >= 0
+        # The verdict is consistent with the printed value and target (not with a speed).
+        bound = float(match["bound"])
+        met = value <= bound if match["op"] == "<=" else value >= bound
+        # Values are printed rounded to 3 decimals; only judge clear cases.
+        if abs(value - bound) > 0.001:
+            assert (match["verdict"] == "PASS") == met, line
