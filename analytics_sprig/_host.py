@@ -82,8 +82,10 @@ class Pipeline:
         with _lock:
             if pm.is_registered(plugin):
                 return plugin
-            pm.register(plugin, name=name)
             try:
+                # pluggy < 1.7 leaves a plugin half-registered when register() itself
+                # rejects one of its hooks (wrong argument name), hence inside the try.
+                pm.register(plugin, name=name)
                 pm.check_pending()
                 for hook in (*_PER_CALL_HOOKS, "analytics_flush", "analytics_shutdown"):
                     for impl in getattr(pm.hook, hook).get_hookimpls():
@@ -94,7 +96,8 @@ class Pipeline:
                                 "are not supported"
                             )
             except Exception:
-                pm.unregister(plugin)
+                if pm.is_registered(plugin):
+                    pm.unregister(plugin)
                 raise
             self._rebuild()
         return plugin

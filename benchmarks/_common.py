@@ -10,6 +10,7 @@ several rounds, and medians reported. The result is a ratio, printed last as::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -19,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ API_KEY = "bench-sprig-key"
 WRITE_KEY = "bench-write-key"
 
 
-@contextmanager
+@contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Collect garbage, then keep the collector off for the duration of the block."""
     was_enabled = gc.isenabled()
@@ -195,10 +195,8 @@ def stop_segment_consumers(client: Any) -> None:
     """
     for consumer in client.consumers or ():
         consumer.pause()
-        try:
+        with contextlib.suppress(RuntimeError):  # never started
             consumer.join()
-        except RuntimeError:  # never started
-            pass
 
 
 def clear_segment_queue(client: Any) -> None:

@@ -1,6 +1,6 @@
 """Coalescing: a busy workload drained to Sprig, against analytics-python draining it to Segment.
 
-Workload: ``--users`` users (2,000) × 10 mixed calls each (2 identify, 5 track, 3 page),
+Workload: ``--users`` users (2,000) x 10 mixed calls each (2 identify, 5 track, 3 page),
 made through a real ``segment.analytics.Client``. By default each user's 10 calls are made
 back to back (a request handler identifying a user, then tracking what they do), users one
 after another; ``--interleave`` makes call 1 of every user, then call 2, ... instead.
@@ -17,12 +17,20 @@ share the CPU:
 - ``segment``: a plain client (no plugins) with its consumer running as usual
   (``upload_size`` 100). Timed until its queue is drained (``Client.flush()``).
 
+With ``--drain-only`` the calls are made first with both sinks paused and only the drains
+are timed, so neither competes with the app thread for the GIL: the Sprig worker gets
+``flush_interval`` = 1 h, ``max_batch_size`` = the workload and ``max_queue_size`` = twice
+it, so it first wakes at the last call, and the timer starts when the calls return; the
+Segment client's consumer is stopped during the calls and a fresh ``Consumer`` (defaults)
+is started on its queue when the timer starts.
+
 Both send to one fake server (Sprig's ``/v2/users`` and Segment's ``/v1/batch``) in a
 child process on 127.0.0.1, reset between runs. GC is collected and disabled while timing;
 rounds alternate which run goes first; figures are medians, the ratio is the median of
 per-round ratios. Request counts come from the server.
 
     python benchmarks/coalescing.py            # full run (~40 s)
+    python benchmarks/coalescing.py --drain-only   # drains only (~30 s)
     python benchmarks/coalescing.py --quick    # smoke run
 """
 
@@ -35,6 +43,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import _common
 from segment.analytics import Client
+from segment.analytics.consumer import Consumer
 
 from analytics_sprig import SprigDestination
 
@@ -77,6 +86,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds (runs per variant)")
     parser.add_argument("--interleave", action="store_true",
                         help="make call n of every user before call n+1 of any")
+    parser.add_argument("--drain-only", action="store_true",
+                        help="make the calls with both sinks paused, then time the drains")
     parser.add_argument("--strict", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args()
     users = _common.optional_int(args.users, 50 if args.quick else 2000)
@@ -85,7 +96,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     _common.header("coalescing: drain to Sprig vs analytics-python's drain to Segment",
                    users=users, calls=total, rounds=rounds,
-                   order="interleaved" if args.interleave else "per user")
+                   order="interleaved" if args.interleave else "per user",
+                   timed="drains only" if args.drain_only else "from the first call")
+    drain_only = args.drain_only
     calls = workload(users, args.interleave)
 
     with _common.ServerProcess() as server:
@@ -94,18 +107,30 @@ def main() -> None:
             client = Client(_common.WRITE_KEY, host=server.url, send=True,
                             max_queue_size=total + 1, upload_interval=0.05)
             _common.stop_segment_consumers(client)
-            sprig = SprigDestination(api_key=_common.API_KEY, endpoint=server.url,
-                                     max_queue_size=total)
+            if drain_only:  # the worker first wakes when the last call is queued
+                sprig = SprigDestination(api_key=_common.API_KEY, endpoint=server.url,
+                                         max_queue_size=2 * total, max_batch_size=total,
+                                         flush_interval=3600.0)
+            else:
+                sprig = SprigDestination(api_key=_common.API_KEY, endpoint=server.url,
+                                         max_queue_size=total)
             client.add_plugin(sprig)
             run = make_calls(client, calls)
 
-            def timed() -> None:
-                run()
+            def drain() -> None:
                 if not sprig.flush(timeout=300):
                     raise RuntimeError("the Sprig destination did not drain")
 
+            def timed() -> None:
+                run()
+                drain()
+
             server.reset()
-            seconds = _common.timed(timed)
+            if drain_only:
+                run()
+                seconds = _common.timed(drain)
+            else:
+                seconds = _common.timed(timed)
             stats = sprig.stats()
             client.remove_plugin(sprig)
             sprig.shutdown(timeout=10)
@@ -125,7 +150,20 @@ def main() -> None:
                 client.flush()  # analytics-python's own: blocks until its queue is drained
 
             server.reset()
-            seconds = _common.timed(timed)
+            if drain_only:
+                _common.stop_segment_consumers(client)
+                run()
+                consumer = Consumer(client.queue, _common.WRITE_KEY, host=server.url)
+
+                def drain() -> None:
+                    consumer.start()
+                    client.queue.join()
+
+                seconds = _common.timed(drain)
+                consumer.pause()
+                consumer.join()
+            else:
+                seconds = _common.timed(timed)
             client.shutdown()
             counts = server.counts()
             return seconds, {"requests": counts.get("/v1/batch", 0)}
@@ -149,7 +187,8 @@ def main() -> None:
         elapsed = time.monotonic() - started
 
     print(f"   {rounds} rounds in {elapsed:.1f}s")
-    print("seconds from the first call until drained, median over rounds (min, max):")
+    since = "the calls returned" if drain_only else "the first call"
+    print(f"seconds from {since} until drained, median over rounds (min, max):")
     print(f"  SprigDestination.flush() (Sprig)     {_common.describe(seconds['sprig'], ' s')}")
     print(f"  analytics-python flush() (Segment)   {_common.describe(seconds['segment'], ' s')}")
     print(f"requests for {total} calls (per run): Sprig {sorted(set(requests['sprig']))} "

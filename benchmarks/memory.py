@@ -1,23 +1,23 @@
 """Memory: with Sprig unreachable, what each queued message costs, and proof the queue is capped.
 
 A ``SprigDestination`` (default options; ``max_queue_size`` from ``--cap``) points at a
-closed port on 127.0.0.1, so every request is refused and the worker keeps its first
-batch in flight, retrying with backoff, while the queue fills. ``3 × cap`` messages are
-offered with ``send()`` (the routing + non-blocking put the pipeline's destination hook
-does), in 30 steps; after each step the process's resident set size (``VmRSS`` from
-``/proc/self/status``, peak ``VmHWM``; ``ru_maxrss`` where there is no ``/proc``) and the
-destination's counters are sampled, with GC collected.
+closed port on 127.0.0.1, so every request is refused. One warm-up message is sent first;
+once its first request was refused the worker holds it in flight, retrying with backoff (10
+retries, minutes of budget), and takes nothing else off the queue. Then ``3 x cap``
+messages are offered with ``send()`` (the routing + non-blocking put the pipeline's
+destination hook does), in 30 steps; after each step the process's resident set size
+(``VmRSS`` from ``/proc/self/status``, peak ``VmHWM``; ``ru_maxrss`` where there is no
+``/proc``) and the destination's counters are sampled, with GC collected.
 
 The messages are the normalized dicts analytics-python builds for a ``track()`` call
 (``Client(send=False)`` returns them), made one at a time as an app would, so the only
 reference to an accepted message is the destination's queue: the growth per message is what
 the queue retains. A dropped message is freed at once.
 
-Printed: bytes per queued message (RSS growth while the queue fills ÷ messages accepted),
-RSS growth after the cap was reached (≈ 0: the plateau), and the counters (``dropped`` =
-offered − accepted; accepted = ``max_queue_size`` + the batch the worker had taken in flight
-before the first refusal). The ratio line is RSS growth after the cap ÷ growth before it;
-target <= 0.05.
+Printed: bytes per queued message (RSS growth while the queue fills / ``cap``), RSS growth
+after the cap was reached (about 0: the plateau), and the counters: ``cap`` queued,
+``2 x cap`` dropped (``dropped_queue_full``), ``pending`` = ``cap`` + the warm-up message.
+The ratio line is RSS growth after the cap / growth before it; target <= 0.05.
 
     python benchmarks/memory.py            # cap 10000 (the default), 30000 offered (~5 s)
     python benchmarks/memory.py --quick    # smoke run
@@ -142,7 +142,7 @@ def main() -> None:
     growth_after = rss_end - at_cap_rss
     per_message = growth_before / accepted
     print(f"offered {offered_total}: queued {accepted}, dropped {stats['dropped']} "
-          f"(dropped_queue_full={stats['dropped_queue_full']}; 2 × cap = {2 * cap}); "
+          f"(dropped_queue_full={stats['dropped_queue_full']}; 2 x cap = {2 * cap}); "
           f"pending {stats['pending']} = queue + 1 warm-up message in flight, "
           f"{stats['requests']} requests tried")
     invariant = (stats["skipped"] + stats["delivered"] + stats["failed"] + stats["dropped"]
