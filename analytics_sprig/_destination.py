@@ -48,7 +48,8 @@ class SprigDestination:
     - ``on_error(exception, messages)``: called for messages that end failed or dropped.
     - ``max_queue_size`` (10000): messages waiting; beyond it new ones are dropped.
     - ``flush_interval`` (0.5 s): the batch window; the worker sends what waited this long.
-    - ``max_batch_size`` (1000): messages taken per send cycle (and the early-wake mark).
+    - ``max_batch_size`` (10000): messages taken (and coalesced together) per send cycle;
+      the worker also wakes early when this many, or half the queue, are waiting.
     - ``max_retries`` (10), ``initial_backoff`` (0.5 s), ``max_backoff`` (60 s),
       ``max_retry_after`` (300 s), ``max_total_wait`` (600 s): the retry budget per request.
     - ``max_requests_per_second`` (None): optional client-side rate limit; delays only.
@@ -69,7 +70,7 @@ class SprigDestination:
         on_error: Optional[OnError] = None,
         max_queue_size: int = 10000,
         flush_interval: float = 0.5,
-        max_batch_size: int = 1000,
+        max_batch_size: int = 10000,
         max_retries: int = 10,
         initial_backoff: float = 0.5,
         max_backoff: float = 60.0,
