@@ -58,7 +58,10 @@ def analytics_enrich(message: Message, client: Any) -> Optional[Message]:
 
 @hookspec
 def analytics_destination(message: Message, client: Any) -> None:
-    """Called once Segment has accepted the call, with the normalized message.
+    """Called after Segment's own enqueue, with the normalized message.
+
+    Called even when Segment's queue was full (``analytics_after`` gets ``success=False``):
+    one destination's backlog must not cost another destination its events.
 
     The message is what analytics-python queued: an ISO-8601 ``timestamp`` string, a
     ``messageId``, ``userId``/``anonymousId`` as strings, ``integrations`` a dict, and

@@ -31,6 +31,9 @@ import analytics_sprig
 from analytics_sprig import hookimpl, pipeline_of
 from analytics_sprig.fake_server import FakeSprig
 
+# analytics-python's own test_utils calls datetime.utcnow(), deprecated since Python 3.12.
+pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
+
 # -- 1. analytics-python's own test suite, in two variants -------------------------------
 
 SDK = {
