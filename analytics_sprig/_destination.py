@@ -8,9 +8,9 @@ import time
 from typing import Any, Callable, Collection, Dict, FrozenSet, Iterable, List, Optional
 
 from ._api import DEFAULT_ENDPOINT, SprigClient, purge_chunks
-from ._errors import ConfigurationError, SprigError
+from ._errors import ConfigurationError
 from ._mapping import DEFAULT_PAGE_EVENT_DEFAULT, DEFAULT_PAGE_EVENT_FORMAT, PageNaming
-from ._retry import RetryPolicy, next_delay
+from ._retry import RetryPolicy, retry_call
 from ._routing import DEFAULT_TYPES, skip_reason
 from ._worker import DeliveryWorker, Message, OnError
 from .hookspecs import hookimpl
@@ -246,16 +246,7 @@ class SprigDestination:
         return request_ids
 
     def _with_retries(self, send: Callable[[], Optional[str]]) -> Optional[str]:
-        retries_used = 0
-        waited = 0.0
-        while True:
-            try:
-                return send()
-            except SprigError as exc:
-                step = next_delay(exc, self._retry, retries_used, waited)
-                if step is None:
-                    raise
-                delay, retries_used = step
-                waited += delay
-                logger.debug("purge request failed (%s); retrying in %.2fs", exc, delay)
-                time.sleep(delay)
+        def on_retry(exc: BaseException, delay: float) -> None:
+            logger.debug("purge request failed (%s); retrying in %.2fs", exc, delay)
+
+        return retry_call(send, self._retry, time.sleep, on_retry)

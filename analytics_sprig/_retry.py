@@ -6,7 +6,11 @@ import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple, TypeVar
+
+from ._errors import SprigError
+
+T = TypeVar("T")
 
 #: 5xx statuses that will not change on retry (Not Implemented, HTTP Version Not Supported).
 _FINAL_5XX = frozenset({501, 505})
@@ -87,3 +91,31 @@ def next_delay(
     if waited + delay > policy.max_total_wait:
         return None
     return delay, retries_used
+
+
+def retry_call(
+    send: Callable[[], T],
+    policy: RetryPolicy,
+    pause: Callable[[float], None],
+    on_retry: Optional[Callable[[BaseException, float], None]] = None,
+) -> T:
+    """Call ``send()`` until it succeeds or fails for good (see :func:`next_delay`).
+
+    ``pause(seconds)`` waits between attempts (the worker's is interruptible by shutdown);
+    ``on_retry(exc, delay)`` is told of each retry. Errors other than :class:`SprigError`
+    propagate at once.
+    """
+    retries_used = 0
+    waited = 0.0
+    while True:
+        try:
+            return send()
+        except SprigError as exc:
+            step = next_delay(exc, policy, retries_used, waited)
+            if step is None:
+                raise
+            delay, retries_used = step
+            waited += delay
+            if on_retry is not None:
+                on_retry(exc, delay)
+            pause(delay)

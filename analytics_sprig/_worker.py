@@ -23,7 +23,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 from ._api import SprigClient
 from ._errors import MessageDropped, SprigAuthError, SprigError
 from ._mapping import Batch, PageNaming, coalesce, map_message
-from ._retry import RetryPolicy, next_delay
+from ._retry import RetryPolicy, retry_call
 from ._routing import SKIP_REASONS
 
 logger = logging.getLogger("analytics_sprig")
@@ -227,9 +227,8 @@ class DeliveryWorker:
 
     def _send_batch(self, batch: Batch) -> None:
         """Send one request with retries; raise the final error, or ``_Aborted``."""
-        retries_used = 0
-        waited = 0.0
-        while True:
+
+        def attempt() -> None:
             if self._abort.is_set():
                 raise _Aborted  # shut down: these messages were already written off
             self._check_auth_cooldown()
@@ -238,20 +237,16 @@ class DeliveryWorker:
                 self.requests += 1
             try:
                 self._api.upsert_user(batch.body)
-                return
             except SprigAuthError as exc:
                 self._auth_failed(exc)
                 raise
-            except SprigError as exc:
-                step = next_delay(exc, self._retry, retries_used, waited)
-                if step is None:
-                    raise
-                delay, retries_used = step
-                waited += delay
-                with self._lock:
-                    self.retries += 1
-                logger.debug("Sprig request failed (%s); retrying in %.2fs", exc, delay)
-                self._pause(delay)
+
+        retry_call(attempt, self._retry, self._pause, self._count_retry)
+
+    def _count_retry(self, exc: BaseException, delay: float) -> None:
+        with self._lock:
+            self.retries += 1
+        logger.debug("Sprig request failed (%s); retrying in %.2fs", exc, delay)
 
     def _check_auth_cooldown(self) -> None:
         error = self._auth_error
