@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -570,6 +572,9 @@ def run_fork(children: int = 3, parent_calls: int = 300) -> Outcome:
             if pid == 0:  # the child: never return into the caller (pytest)
                 code = 1
                 try:
+                    # A child stuck on a lock copied mid-use (the hazard of forking a
+                    # threaded process) dies instead of hanging the run.
+                    signal.alarm(int(DRAIN_TIMEOUT) + 30)
                     os.close(read_end)
                     report = _fork_child(destination, c)
                     os.write(write_end, json.dumps(report).encode())
@@ -582,25 +587,46 @@ def run_fork(children: int = 3, parent_calls: int = 300) -> Outcome:
                          for i in range(_FORK_CHILD_CALLS)}
         expected |= send_messages(client, parent_calls - 100, users=10, prefix="parent",
                                   offset=100)
-        child_reports = []
-        for pid, read_end in pids:
-            with os.fdopen(read_end, "rb") as pipe:
-                data = pipe.read()
-            _, status = os.waitpid(pid, 0)
-            child_reports.append({"exit": status, **(json.loads(data) if data else {})})
+        deadline = time.monotonic() + DRAIN_TIMEOUT + 30
+        child_reports = [_collect_child(pid, read_end, deadline) for pid, read_end in pids]
         drained = destination.flush(timeout=DRAIN_TIMEOUT)
         seconds = time.perf_counter() - started
         client.flush(timeout=DRAIN_TIMEOUT)
+        parent_stats = destination.stats()
+        # The figures of the whole family: the parent's counters plus each child's.
+        total = dict(parent_stats)
+        for report in child_reports:
+            for name, value in report.get("stats", {}).items():
+                total[name] += value
         return Outcome(
             name="fork", fault=f"fork() x {children} with messages pending; children "
             f"{_FORK_CHILD_CALLS} calls each, parent {parent_calls}",
-            sent=parent_calls + children * _FORK_CHILD_CALLS, stats=destination.stats(),
+            sent=parent_calls + children * _FORK_CHILD_CALLS, stats=total,
             stored=stored_events(sprig), expected=expected, reported=errors.by_kind(),
             seconds=seconds, drained=drained,
             segment_received=len(segment_sink.segment_messages),
             extra={"children": child_reports, "parent_sent": parent_calls,
+                   "parent_stats": parent_stats,
                    "pending_at_fork": pending_at_fork},
         )
+
+
+def _collect_child(pid: int, read_end: int, deadline: float) -> Dict[str, Any]:
+    """Read a child's report and reap it; kill it if it has not finished by ``deadline``."""
+    chunks: List[bytes] = []
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = pipe.read(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    return {"exit": status, **(json.loads(data) if data else {})}
 
 
 def _fork_child(destination: SprigDestination, c: int) -> Dict[str, Any]:

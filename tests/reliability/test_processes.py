@@ -51,7 +51,10 @@ def test_fork_children_and_parent_deliver_their_own_messages_exactly_once() -> N
         assert stats["failed"] == stats["dropped"] == stats["pending"] == 0
         assert child["segment_received"] == 100
     assert o.drained
-    assert o.stats["received"] == o.stats["delivered"] == 300
+    parent = o.extra["parent_stats"]
+    assert parent["received"] == parent["delivered"] == 300
+    assert parent["failed"] == parent["dropped"] == parent["pending"] == 0
+    assert o.stats["received"] == o.stats["delivered"] == 600  # the family's sum
     assert o.accounted()
     exactly_once(o)  # 300 from the parent + 3 x 100 from the children, each once
     assert len(o.stored) == 600
