@@ -623,7 +623,9 @@ class FakeSprig:
         visitor = self._users.get(user_id)
         if visitor is None:
             visitor = {
-                "id": str(uuid.uuid5(_VISITOR_NAMESPACE, user_id)),
+                # A lone surrogate is valid JSON (\ud800) but not UTF-8; keep the id stable.
+                "id": str(uuid.uuid5(_VISITOR_NAMESPACE, user_id.encode(
+                    "utf-8", "surrogatepass").decode("utf-8", "replace"))),
                 "externalUserId": user_id,
                 "createdAt": now,
                 "emailAddress": None,
