@@ -23,7 +23,7 @@ from typing import Any, Iterator, List, Optional
 import httpx
 import pytest
 
-from analytics_sprig import cli
+from analytics_sprig import _replay, cli
 from analytics_sprig._demo import DEMO_API_KEY, computed_requests
 from analytics_sprig._routing import skip_reason
 from analytics_sprig.fake_server import FakeSprig
@@ -274,7 +274,7 @@ def test_replay_dry_run_shows_exactly_the_requests_a_real_run_makes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A small chunk makes the file span several send cycles, as a big export does.
-    monkeypatch.setattr(cli, "REPLAY_CHUNK", 4)
+    monkeypatch.setattr(_replay, "REPLAY_CHUNK", 4)
     lines: List[Any] = []
     for i in range(23):
         user = f"u-{i % 3}"
@@ -505,7 +505,7 @@ def test_serve_fake_on_a_busy_port_fails_cleanly(capsys: pytest.CaptureFixture[s
 def test_the_plain_progress_counter_keeps_notes_readable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    progress = cli._CounterProgress(total=1000)
+    progress = _replay._CounterProgress(total=1000)
     progress.update(10, 500, 3, force=True)
     progress.note("line 7: skipped, invalid JSON")
     progress.close()
