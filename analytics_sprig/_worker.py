@@ -375,7 +375,10 @@ class DeliveryWorker:
             if self._thread is None:
                 # No thread can be started (interpreter exit): send from this thread.
                 self._drain_inline(deadline)
-        self._wake.set()
+        if self._queue:
+            # Only when there is work: a spare wake-up would cut the next batch window short
+            # and split calls that should coalesce.
+            self._wake.set()
         reentrant = getattr(self._local, "reporting", False)
         with self._lock:
             drained: bool = self._idle.wait_for(
