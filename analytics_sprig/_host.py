@@ -67,6 +67,7 @@ class Pipeline:
         self.active = False
         self.plugin_errors = 0
         self.dropped = 0
+        self._count_lock = threading.Lock()
         self._before: List[_Call] = []
         self._enrich: List[_Call] = []
         self._destination: List[_Call] = []
@@ -129,7 +130,8 @@ class Pipeline:
     # -- per call -----------------------------------------------------------------------
 
     def _failed(self, where: str) -> None:
-        self.plugin_errors += 1
+        with self._count_lock:  # rare path: exact counts across app threads are worth a lock
+            self.plugin_errors += 1
         logger.exception("analytics plugin hook %s raised; the call goes on without it", where)
 
     def enqueue(self, client: Any, message: Message) -> Tuple[bool, Message]:
@@ -141,7 +143,8 @@ class Pipeline:
                 self._failed(where)
                 continue
             if result is False:
-                self.dropped += 1
+                with self._count_lock:
+                    self.dropped += 1
                 logger.debug("%s dropped a %s call", where, message.get("type"))
                 return False, message
             if isinstance(result, dict):
