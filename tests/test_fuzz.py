@@ -104,8 +104,9 @@ traits = st.one_of(
 )
 
 
-# Texts include lone surrogates ("\ud800"): sent as JSON \u escapes, accepted by the fake.
-ids = st.one_of(texts, st.integers(), HUGE_INTS, floats, st.just("\ud800x"))
+# No lone surrogates here: hypothesis's text() leaves them out, and one in a log line would
+# break pytest-xdist's report transport (tests/test_api_client.py covers them in bodies).
+ids = st.one_of(texts, st.integers(), HUGE_INTS, floats)
 timestamps = st.one_of(st.none(), datetimes, st.dates(), texts, integers, floats,
                        st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123456789Z",
                                         "0001-01-01T00:00:00+01:00", "nonsense"]))
