@@ -26,7 +26,6 @@ DEFAULT_PAGE_EVENT_FORMAT = "Viewed {name} Page"
 DEFAULT_PAGE_EVENT_DEFAULT = "Loaded a Page"
 
 Payload = Dict[str, Any]
-_SCALARS = (str, bool, int, float)
 _FRACTION = re.compile(r"(\.\d+)")
 #: Ints longer than this (about 4200 digits) are dropped; see ``_scalar``.
 _MAX_INT_BITS = 14_000

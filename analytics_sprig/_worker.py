@@ -362,11 +362,6 @@ class DeliveryWorker:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def pending(self) -> int:
-        """Messages queued or being sent."""
-        with self._lock:
-            return len(self._queue) + self._inflight
-
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Block until nothing is pending or ``timeout`` passes; ``True`` when drained."""
         deadline = None if timeout is None else time.monotonic() + timeout
