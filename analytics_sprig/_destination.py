@@ -153,6 +153,7 @@ class SprigDestination:
     @hookimpl
     def analytics_destination(self, message: Message, client: Any) -> None:
         """Route the call; queue it for Sprig (or deliver now in ``sync_mode``)."""
+        # The body of send(), inlined: this runs on the app's thread for every call.
         reason = skip_reason(message, self._types)
         if reason is not None:
             self._worker.skip(reason)
