@@ -149,21 +149,6 @@ def _email(value: Any) -> Optional[str]:
     return None
 
 
-def page_event_name(
-    message: Mapping[str, Any],
-    name_format: str = DEFAULT_PAGE_EVENT_FORMAT,
-    default: str = DEFAULT_PAGE_EVENT_DEFAULT,
-) -> str:
-    """``Viewed {name} Page`` when the page call has a name, else ``Loaded a Page``."""
-    name = message.get("name")
-    if isinstance(name, str) and name:
-        category = message.get("category")
-        # Only a str: format() of any other object may raise (or run its __format__).
-        category = category if isinstance(category, str) else ""
-        return name_format.format(name=name, category=category)
-    return default
-
-
 @dataclass(frozen=True)
 class PageNaming:
     """How page calls are named as Sprig events."""
@@ -173,6 +158,17 @@ class PageNaming:
 
 
 _DEFAULT_PAGE_NAMING = PageNaming()
+
+
+def page_event_name(message: Mapping[str, Any], page: PageNaming = _DEFAULT_PAGE_NAMING) -> str:
+    """``Viewed {name} Page`` when the page call has a name, else ``Loaded a Page``."""
+    name = message.get("name")
+    if isinstance(name, str) and name:
+        category = message.get("category")
+        # Only a str: format() of any other object may raise (or run its __format__).
+        category = category if isinstance(category, str) else ""
+        return page.name_format.format(name=name, category=category)
+    return page.default
 
 
 def map_message(
@@ -211,7 +207,7 @@ def map_message(
         if not isinstance(event, str) or not event:
             return None
     elif kind == "page":
-        event = page_event_name(message, page.name_format, page.default)
+        event = page_event_name(message, page)
     elif kind == "alias":
         return payload
     else:

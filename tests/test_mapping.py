@@ -510,7 +510,7 @@ def test_track_without_event_key_is_none() -> None:
     ],
 )
 def test_page_event_name(message: Dict[str, Any], naming: PageNaming, expected: str) -> None:
-    assert page_event_name(message, naming.name_format, naming.default) == expected
+    assert page_event_name(message, naming) == expected
     full = {"type": "page", "userId": "u", "timestamp": "2026-01-02T03:04:05.678Z", **message}
     assert map_message(full, naming) == {
         "userId": "u",
