@@ -11,7 +11,7 @@ from ._api import DEFAULT_ENDPOINT, SprigClient, purge_chunks
 from ._errors import ConfigurationError
 from ._mapping import DEFAULT_PAGE_EVENT_DEFAULT, DEFAULT_PAGE_EVENT_FORMAT, PageNaming
 from ._retry import RetryPolicy, retry_call
-from ._routing import DEFAULT_TYPES, skip_reason
+from ._routing import DEFAULT_TYPES, SEGMENT_TYPES, skip_reason
 from ._worker import DeliveryWorker, Message, OnError
 from .hookspecs import hookimpl
 
@@ -99,7 +99,7 @@ class SprigDestination:
             raise TypeError(
                 f"types must be a collection of call types, got {type(types).__name__}"
             ) from None
-        unknown = self._types - {"identify", "track", "page", "alias", "group", "screen"}
+        unknown = self._types - SEGMENT_TYPES
         if unknown:
             # repr-sorted: sorting mixed str/int would itself raise TypeError.
             names = ", ".join(sorted(map(repr, unknown)))

@@ -9,6 +9,10 @@ from typing import Any, FrozenSet, Mapping, Optional
 
 #: The names the Integrations object may use for this destination (case-sensitive).
 INTEGRATION_NAMES = ("Sprig", "Sprig Cloud", "UserLeap")
+#: Every Segment call type.
+SEGMENT_TYPES: FrozenSet[str] = frozenset(
+    {"identify", "track", "page", "screen", "group", "alias"}
+)
 #: Segment call types the Sprig destination sends by default.
 DEFAULT_TYPES: FrozenSet[str] = frozenset({"identify", "track", "page", "alias"})
 
