@@ -13,9 +13,6 @@ undoes it)::
     analytics.shutdown()
 """
 
-from ._api import DEFAULT_ENDPOINT, SprigClient
-from ._destination import SprigDestination
-from ._discovery import ENTRY_POINT_GROUP, load_plugins
 from ._errors import (
     ConfigurationError,
     MessageDropped,
@@ -24,10 +21,10 @@ from ._errors import (
     SprigError,
     SprigNetworkError,
 )
-from ._host import install, installed, pipeline_of, uninstall
-from ._routing import INTEGRATION_NAMES
 from ._version import __version__
 from .hookspecs import hookimpl, hookspec
+from .pipeline import ENTRY_POINT_GROUP, install, installed, load_plugins, pipeline_of, uninstall
+from .sprig import DEFAULT_ENDPOINT, INTEGRATION_NAMES, SprigClient, SprigDestination
 
 __all__ = [
     "DEFAULT_ENDPOINT",

@@ -113,11 +113,11 @@ def finish(passed: bool, strict: bool) -> None:
 
 # -- a fake Sprig (and Segment) server in a child process ----------------------------------
 
-# The child serves analytics_sprig.fake_server.FakeSprig and answers one command per stdin
+# The child serves analytics_sprig.testing.FakeSprig and answers one command per stdin
 # line: "count" -> JSON {path: n}, "reset" -> "ok". Closing stdin stops it.
 _SERVER_CODE = r"""
 import collections, json, sys
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 sprig = FakeSprig(api_key=sys.argv[1]).start()
 print(sprig.url, flush=True)
 for line in sys.stdin:
@@ -132,7 +132,7 @@ sprig.stop()
 
 
 class ServerProcess:
-    """A :class:`~analytics_sprig.fake_server.FakeSprig` running in a child process.
+    """A :class:`~analytics_sprig.testing.FakeSprig` running in a child process.
 
     The server's CPU time is then not taken from the benchmarked process (on one GIL it
     would be, and would penalise whichever variant makes more requests), much as the real

@@ -33,8 +33,8 @@ import httpx
 from segment.analytics import Client
 
 from analytics_sprig import SprigDestination
-from analytics_sprig._api import USER_AGENT
-from analytics_sprig._mapping import map_message
+from analytics_sprig.sprig._api import USER_AGENT
+from analytics_sprig.sprig._mapping import map_message
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from flask import Flask, jsonify, request
 from segment.analytics import Client
 
 from analytics_sprig import DEFAULT_ENDPOINT, SprigDestination
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 
 def create_app(

@@ -1,7 +1,7 @@
 """Quickstart: Segment's analytics-python with the Sprig destination, in one file.
 
 Runs with no account and no network: a local fake stands in for both Segment's API and
-Sprig's (``analytics_sprig.fake_server.FakeSprig``, on 127.0.0.1). Then it prints, side by
+Sprig's (``analytics_sprig.testing.FakeSprig``, on 127.0.0.1). Then it prints, side by
 side, what Segment received and what Sprig received.
 
     python examples/quickstart.py
@@ -18,7 +18,7 @@ from segment.analytics import Client
 
 from analytics_sprig import SprigDestination
 from analytics_sprig.cli import print_report
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Fixture names are relied on by several test modules; keep them stable:
 
-- ``fake_sprig``: a started :class:`~analytics_sprig.fake_server.FakeSprig` with api_key
+- ``fake_sprig``: a started :class:`~analytics_sprig.testing.FakeSprig` with api_key
   ``"test-key"`` (it also accepts Segment's ``/v1/batch``).
 - ``make_client(**kwargs)``: a real ``segment.analytics.Client("write-key", host=fake.url)``
   with a short upload interval; stopped (and its plugins shut down) at teardown.
@@ -19,7 +19,7 @@ from segment.analytics import Client
 
 import analytics_sprig
 from analytics_sprig import SprigDestination
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 API_KEY = "test-key"
 WRITE_KEY = "write-key"

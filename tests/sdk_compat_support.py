@@ -30,7 +30,7 @@ from segment.analytics.oauth_manager import OauthManager
 
 import analytics_sprig
 from analytics_sprig import hookimpl, pipeline_of
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 #: Set SDK_COMPAT_FULL=1 to also run the SDK tests that are slow or timing-sensitive.
 FULL_SDK_SUITE = os.environ.get("SDK_COMPAT_FULL", "") not in ("", "0")

@@ -1,7 +1,7 @@
-"""Unit tests for ``analytics_sprig._retry`` and ``analytics_sprig._api.SprigClient``.
+"""Unit tests for the retry policy (``batching._retry``) and ``sprig._api.SprigClient``.
 
 HTTP edge cases use respx (no network); one test talks to a real loopback server
-(:class:`analytics_sprig.fake_server.FakeSprig`) to show the pooled connection is reused.
+(:class:`analytics_sprig.testing.FakeSprig`) to show the pooled connection is reused.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from analytics_sprig import (
     SprigNetworkError,
     __version__,
 )
-from analytics_sprig._api import PURGE_CHUNK, purge_chunks
-from analytics_sprig._retry import (
+from analytics_sprig.batching._retry import (
     RetryPolicy,
     is_retryable_status,
     next_delay,
     parse_retry_after,
 )
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.sprig._api import PURGE_CHUNK, purge_chunks
+from analytics_sprig.testing import FakeSprig
 
 KEY = "sk_live_0123456789abcdefSECRETxyz"
 BASE = "https://api.sprig.com"

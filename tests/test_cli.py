@@ -23,10 +23,11 @@ from typing import Any, Iterator, List, Optional
 import httpx
 import pytest
 
-from analytics_sprig import _replay, cli
-from analytics_sprig._demo import DEMO_API_KEY, computed_requests
-from analytics_sprig._routing import skip_reason
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig import cli
+from analytics_sprig.cli import _replay
+from analytics_sprig.cli._demo import DEMO_API_KEY, computed_requests
+from analytics_sprig.sprig._routing import skip_reason
+from analytics_sprig.testing import FakeSprig
 
 KEY = "cli-test-key"
 PURGE = "/v2/purge/visitors"

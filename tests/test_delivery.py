@@ -31,7 +31,7 @@ from analytics_sprig import (
     SprigDestination,
     SprigNetworkError,
 )
-from analytics_sprig.fake_server import FakeSprig, RecordedRequest
+from analytics_sprig.testing import FakeSprig, RecordedRequest
 
 MakeClient = Callable[..., Client]
 MakeDestination = Callable[..., SprigDestination]

@@ -14,7 +14,7 @@ import pytest
 from segment.analytics import Client
 
 from analytics_sprig import SprigDestination, __version__
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

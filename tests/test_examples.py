@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from analytics_sprig.fake_server import FakeSprig, RecordedRequest
+from analytics_sprig.testing import FakeSprig, RecordedRequest
 
 KEY = "k"
 AUTH = {"Authorization": f"API-Key {KEY}"}
@@ -712,7 +712,7 @@ def test_on_request_hook_sees_each_record() -> None:
 def test_serve_prints_url_and_one_line_per_request() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    code = "from analytics_sprig.fake_server import serve; serve(port=0, api_key='k')"
+    code = "from analytics_sprig.testing import serve; serve(port=0, api_key='k')"
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,

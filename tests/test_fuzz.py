@@ -28,8 +28,13 @@ from segment.analytics import Client
 
 import analytics_sprig
 from analytics_sprig import SprigDestination
-from analytics_sprig._mapping import MAX_ATTRIBUTES, attributes_from_traits, coalesce, map_message
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.sprig._mapping import (
+    MAX_ATTRIBUTES,
+    attributes_from_traits,
+    coalesce,
+    map_message,
+)
+from analytics_sprig.testing import FakeSprig
 
 API_KEY = "fuzz-key"
 

@@ -1,4 +1,4 @@
-"""Unit tests for ``analytics_sprig._mapping``: Segment message -> ``/v2/users`` body."""
+"""Unit tests for ``analytics_sprig.sprig._mapping``: Segment message -> ``/v2/users`` body."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import pytest
 
-from analytics_sprig._mapping import (
+from analytics_sprig.sprig._mapping import (
     MAX_ATTRIBUTES,
     MAX_EVENTS,
     Batch,

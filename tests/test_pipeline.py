@@ -23,7 +23,7 @@ import segment.analytics as analytics
 from segment.analytics import Client
 
 from analytics_sprig import SprigDestination, hookimpl, load_plugins, pipeline_of
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 Message = Dict[str, Any]
 Event = Tuple[str, str, Any]  # (plugin name, hook, details)

@@ -1,4 +1,4 @@
-"""Unit tests for ``analytics_sprig._routing``: which Segment calls reach Sprig.
+"""Unit tests for ``analytics_sprig.sprig._routing``: which Segment calls reach Sprig.
 
 Each table row is one rule of DESIGN.md "Which calls reach Sprig".
 """
@@ -10,7 +10,7 @@ from typing import Any, Dict, FrozenSet, Optional
 import pytest
 
 import analytics_sprig
-from analytics_sprig._routing import (
+from analytics_sprig.sprig._routing import (
     DEFAULT_TYPES,
     INTEGRATION_NAMES,
     SKIP_ANONYMOUS,

@@ -29,7 +29,7 @@ from segment.analytics.version import VERSION
 
 import analytics_sprig
 from analytics_sprig import hookimpl, pipeline_of
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 # analytics-python's own test_utils calls datetime.utcnow(), deprecated since Python 3.12.
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")

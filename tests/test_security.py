@@ -40,7 +40,7 @@ from analytics_sprig import (
     SprigError,
     SprigNetworkError,
 )
-from analytics_sprig.fake_server import FakeSprig
+from analytics_sprig.testing import FakeSprig
 
 KEY = "sprig-SECRET-canary-5f1e2d3c4b5a69788796a5b4"
 

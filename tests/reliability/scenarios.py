@@ -35,7 +35,7 @@ from segment.analytics import Client
 
 import analytics_sprig
 from analytics_sprig import SprigDestination
-from analytics_sprig.fake_server import FakeSprig, RecordedRequest
+from analytics_sprig.testing import FakeSprig, RecordedRequest
 
 API_KEY = "reliability-secret-key"
 WRITE_KEY = "segment-write-key"

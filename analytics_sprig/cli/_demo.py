@@ -1,6 +1,6 @@
 """The ``analytics-sprig demo`` command: a realistic session, and a report of both sides.
 
-A :class:`~analytics_sprig.fake_server.FakeSprig` on 127.0.0.1 stands in for Segment's
+A :class:`~analytics_sprig.testing.FakeSprig` on 127.0.0.1 stands in for Segment's
 ``/v1/batch`` and for Sprig's ``/v2`` API, so the real analytics-python ``Client`` with a
 real :class:`~analytics_sprig.SprigDestination` runs end to end with no account and no
 traffic leaving the machine. The report puts what Segment received next to what Sprig
@@ -18,12 +18,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextI
 
 from segment.analytics import Client
 
-from ._api import DEFAULT_ENDPOINT
-from ._destination import SprigDestination
-from ._host import install
-from ._mapping import coalesce, map_message
-from ._routing import INTEGRATION_NAMES, skip_reason
-from .fake_server import FakeSprig
+from ..pipeline._host import install
+from ..sprig._api import DEFAULT_ENDPOINT
+from ..sprig._destination import SprigDestination
+from ..sprig._mapping import coalesce, map_message
+from ..sprig._routing import INTEGRATION_NAMES, skip_reason
+from ..testing.fake_server import FakeSprig
 
 #: Keys used against the local fake only; they are never printed.
 DEMO_API_KEY = "demo-sprig-key"

@@ -12,9 +12,9 @@ from urllib.parse import quote
 
 import httpx
 
-from ._errors import ConfigurationError, SprigAPIError, SprigAuthError, SprigNetworkError
-from ._retry import is_retryable_status, parse_retry_after
-from ._version import __version__
+from .._errors import ConfigurationError, SprigAPIError, SprigAuthError, SprigNetworkError
+from .._version import __version__
+from ..batching._retry import is_retryable_status, parse_retry_after
 
 DEFAULT_ENDPOINT = "https://api.sprig.com"
 #: Sprig accepts at most this many visitors per purge request.
@@ -45,7 +45,7 @@ def validate_endpoint(endpoint: Any) -> str:
     """Return ``endpoint`` without a trailing slash, or raise :class:`ConfigurationError`.
 
     It must be ``https://``; plain ``http://`` is allowed only to a loopback host, for
-    local testing against :mod:`analytics_sprig.fake_server`.
+    local testing against :mod:`analytics_sprig.testing`.
     """
     if not isinstance(endpoint, str):
         raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")

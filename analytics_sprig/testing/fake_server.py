@@ -7,7 +7,7 @@ so clients can be tested against the failures a real network produces.
 
 Example::
 
-    from analytics_sprig.fake_server import FakeSprig
+    from analytics_sprig.testing import FakeSprig
 
     with FakeSprig(api_key="k") as sprig:
         sprig.inject(status=503, count=2, retry_after=1)

@@ -19,10 +19,10 @@ import time
 from collections import Counter
 from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple, cast
 
-from ._destination import SprigDestination
-from ._errors import SprigAuthError
-from ._mapping import coalesce, map_message
-from ._routing import SKIP_REASONS, skip_reason
+from .._errors import SprigAuthError
+from ..sprig._destination import SprigDestination
+from ..sprig._mapping import coalesce, map_message
+from ..sprig._routing import SKIP_REASONS, skip_reason
 
 #: Replay hands the destination this many routed messages, then waits for them to be sent.
 #: Each chunk goes out in one send cycle, its messages coalesced per user (fewer requests

@@ -7,13 +7,13 @@ import math
 import time
 from typing import Any, Callable, Collection, Dict, FrozenSet, Iterable, List, Optional
 
+from .._errors import ConfigurationError
+from ..batching._retry import RetryPolicy, retry_call
+from ..hookspecs import hookimpl
 from ._api import DEFAULT_ENDPOINT, SprigClient, purge_chunks
-from ._errors import ConfigurationError
 from ._mapping import DEFAULT_PAGE_EVENT_DEFAULT, DEFAULT_PAGE_EVENT_FORMAT, PageNaming
-from ._retry import RetryPolicy, retry_call
 from ._routing import DEFAULT_TYPES, SEGMENT_TYPES, skip_reason
 from ._worker import DeliveryWorker, Message, OnError
-from .hookspecs import hookimpl
 
 logger = logging.getLogger("analytics_sprig")
 

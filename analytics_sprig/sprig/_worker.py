@@ -20,10 +20,10 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
+from .._errors import MessageDropped, SprigAuthError, SprigError
+from ..batching._retry import RetryPolicy, retry_call
 from ._api import SprigClient
-from ._errors import MessageDropped, SprigAuthError, SprigError
 from ._mapping import Batch, PageNaming, coalesce, map_message
-from ._retry import RetryPolicy, retry_call
 from ._routing import SKIP_REASONS
 
 logger = logging.getLogger("analytics_sprig")

@@ -28,8 +28,11 @@ import threading
 from types import FrameType
 from typing import Any, Iterator, List, Optional, Sequence
 
-from . import fake_server
-from ._api import DEFAULT_ENDPOINT, purge_chunks, validate_endpoint
+from .._errors import ConfigurationError, SprigAuthError, SprigError
+from .._version import __version__
+from ..sprig._api import DEFAULT_ENDPOINT, purge_chunks, validate_endpoint
+from ..sprig._destination import SprigDestination
+from ..testing import fake_server
 from ._demo import (
     DEMO_USER,
     NEW_USER,
@@ -39,8 +42,6 @@ from ._demo import (
     run_session,
     terminal_width,
 )
-from ._destination import SprigDestination
-from ._errors import ConfigurationError, SprigAuthError, SprigError
 from ._replay import (
     UsageError,
     _make_progress,
@@ -51,7 +52,6 @@ from ._replay import (
     _replay_live,
     _replay_summary,
 )
-from ._version import __version__
 
 __all__ = ["main", "print_report"]
 

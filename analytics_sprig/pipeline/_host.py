@@ -22,7 +22,7 @@ import pluggy
 import segment.analytics as segment_module
 from segment.analytics.client import Client
 
-from . import hookspecs
+from .. import hookspecs
 
 logger = logging.getLogger("analytics_sprig")
 

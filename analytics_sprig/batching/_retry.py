@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Callable, Optional, Tuple, TypeVar
 
-from ._errors import SprigError
+from .._errors import SprigError
 
 T = TypeVar("T")
 
