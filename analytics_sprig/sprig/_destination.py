@@ -56,6 +56,8 @@ class SprigDestination:
     - ``auth_cooldown`` (60 s): after a 401/403, messages fail fast for this long.
     - ``timeout`` (10 s) and ``connect_timeout`` (5 s): per HTTP request.
     - ``shutdown_timeout`` (5 s): bound of ``shutdown()`` and of the final flush at exit.
+    - ``flush_timeout`` (10 s): bound of a flush reached through the client
+      (``analytics.flush()``) without a ``timeout``.
     - ``types``: Segment call types to send (default identify, track, page, alias).
     - ``page_event_format`` ("Viewed {name} Page") and ``page_event_default``
       ("Loaded a Page"): how page calls are named as events.
@@ -81,6 +83,7 @@ class SprigDestination:
         timeout: float = 10.0,
         connect_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
+        flush_timeout: float = 10.0,
         types: Iterable[str] = DEFAULT_TYPES,
         page_event_format: str = DEFAULT_PAGE_EVENT_FORMAT,
         page_event_default: str = DEFAULT_PAGE_EVENT_DEFAULT,
@@ -130,6 +133,7 @@ class SprigDestination:
             proxy=proxy,
         )
         self.endpoint = self._api.endpoint
+        self._flush_timeout = _number("flush_timeout", flush_timeout, minimum=0)
         self._retry = retry
         self._worker = DeliveryWorker(
             self._api,
@@ -165,8 +169,8 @@ class SprigDestination:
 
     @hookimpl
     def analytics_flush(self, timeout: Optional[float]) -> bool:
-        """Block until the queue is drained (see :meth:`flush`)."""
-        return self.flush(timeout)
+        """Flush for the client (``timeout=None``: at most ``flush_timeout``)."""
+        return self.flush(self._flush_timeout if timeout is None else timeout)
 
     @hookimpl
     def analytics_shutdown(self, timeout: Optional[float]) -> None:
