@@ -15,6 +15,7 @@ undoes it)::
 
 from ._errors import (
     ConfigurationError,
+    InvalidMessage,
     MessageDropped,
     SprigAPIError,
     SprigAuthError,
@@ -31,6 +32,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "INTEGRATION_NAMES",
     "ConfigurationError",
+    "InvalidMessage",
     "MessageDropped",
     "SprigAPIError",
     "SprigAuthError",

@@ -57,3 +57,13 @@ class MessageDropped(SprigError):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         super().__init__(detail)
+
+
+class InvalidMessage(SprigError):
+    """A message could not be routed or mapped because of a value that misbehaved.
+
+    For example an id or trait whose ``__str__``, ``__eq__`` or ``__hash__`` raises. The
+    message ends as failed (``stats()["failed_invalid"]``) and goes to ``on_error``; the
+    other messages are not affected. ``detail`` names what went wrong, never a value.
+    """
+
