@@ -49,7 +49,7 @@ class SprigNetworkError(SprigError):
 
 
 class MessageDropped(SprigError):
-    """A message was dropped before delivery (queue full, shutdown deadline, after fork).
+    """A message was dropped before delivery (queue full, or pending at the shutdown deadline).
 
     ``reason`` is a short machine-readable word: ``queue_full``, ``shutdown``.
     """

@@ -10,10 +10,20 @@ A plugin is any object (or module) with functions named after these hooks and ma
 :data:`hookimpl`. An implementation may accept any subset of a hook's arguments, by name,
 as with pluggy and pytest. An exception raised by an implementation never reaches the app
 and never stops the other plugins: it is logged on the ``analytics_sprig`` logger and
-counted (see :func:`analytics_sprig.pipeline_stats`).
+counted (``analytics_sprig.pipeline_of(client).plugin_errors``).
 
-Wrappers (``hookwrapper=True`` / ``wrapper=True``) are not supported for the per-call hooks:
-each implementation is called on its own so one plugin cannot break another.
+Wrappers (``hookwrapper=True`` / ``wrapper=True``) are not supported: each implementation
+is called on its own so one plugin cannot break another, and a plugin with a wrapper is
+rejected when it is registered (``client.add_plugin`` or ``client.plugin_manager.register``,
+which are the same).
+
+Lifecycle: with plugins attached, every lifecycle call through analytics-python is bounded.
+``client.flush()`` / ``analytics.flush()`` call :func:`analytics_flush` once per plugin;
+``client.join()``, ``client.shutdown()``, ``analytics.shutdown()`` and the exit path call
+:func:`analytics_shutdown` once per plugin (never a flush without a bound first). A
+``timeout`` given to the client's method is one deadline for Segment's own queue and the
+plugins together; without one, Segment's part is analytics-python's own and each plugin
+gets ``timeout=None``, meaning *its own default bound*.
 """
 
 from __future__ import annotations
@@ -84,19 +94,25 @@ def analytics_after(message: Message, success: bool, client: Any) -> None:
 
 @hookspec
 def analytics_flush(timeout: Optional[float]) -> Optional[bool]:
-    """Called by ``client.flush()`` after Segment's own queue is flushed.
+    """Called by ``client.flush()`` / ``analytics.flush()`` after Segment's queue drained.
 
     Block until everything the plugin holds is delivered or has failed, or until
-    ``timeout`` seconds pass (``None``: no deadline). Return ``False`` if something is still
-    pending at the deadline, ``True`` (or ``None``) otherwise.
+    ``timeout`` seconds pass. ``timeout=None`` means the plugin's own default bound, never
+    "wait forever" (``SprigDestination``: its ``flush_timeout`` option, 10 s). Return
+    ``False`` if something is still pending at the deadline, ``True`` (or ``None``)
+    otherwise; what is pending stays queued. ``client.flush()`` returns ``False`` when any
+    plugin returned ``False``.
     """
 
 
 @hookspec
 def analytics_shutdown(timeout: Optional[float]) -> None:
-    """Called by ``client.join()`` / ``client.shutdown()`` and at interpreter exit.
+    """Called once by ``client.join()``, ``client.shutdown()``, ``analytics.shutdown()``
+    and at interpreter exit.
 
     Flush, then stop background workers, returning within ``timeout`` seconds even if a
-    remote service is unreachable. Messages still pending at the deadline are dropped and
-    reported. Must be safe to call more than once.
+    remote service is unreachable. ``timeout=None`` means the plugin's own bound
+    (``SprigDestination``: its ``shutdown_timeout`` option, 5 s). Messages still pending
+    at the deadline are dropped, counted and reported (logged, and through the plugin's
+    ``on_error`` if it has one), never silently. Must be safe to call more than once.
     """

@@ -423,8 +423,10 @@ def test_send_false_results_are_identical_in_every_state() -> None:
 
 # -- 3. uninstall() / install() ------------------------------------------------------------
 
-PLUGIN_API = ("add_plugin", "remove_plugin", "plugin_manager")
-WRAPPED = ("_enqueue", "flush", "join")
+PLUGIN_API = ("add_plugin", "remove_plugin", "find_plugin", "find_plugins", "plugin_manager")
+MODULE_PLUGIN_API = ("add_plugin", "remove_plugin", "find_plugin", "find_plugins")
+WRAPPED = ("_enqueue", "flush", "join", "shutdown")
+MODULE_WRAPPED = ("flush", "join", "shutdown")
 
 
 def _snapshot() -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -449,8 +451,10 @@ def test_uninstall_restores_client_and_module_exactly() -> None:
         assert function.__qualname__ == f"Client.{name}", name
     for name in PLUGIN_API:
         assert not hasattr(Client, name), name
-    assert not hasattr(analytics, "add_plugin")
-    assert not hasattr(analytics, "remove_plugin")
+    for name in MODULE_PLUGIN_API:
+        assert not hasattr(analytics, name), name
+    for name in MODULE_WRAPPED:
+        assert pristine_module[name].__module__ == "segment.analytics", name
 
     analytics_sprig.install()
     assert analytics_sprig.installed()
@@ -459,8 +463,10 @@ def test_uninstall_restores_client_and_module_exactly() -> None:
         assert installed_client[name] is not pristine_client[name], name
     for name in PLUGIN_API:
         assert name in installed_client, name
-    assert callable(installed_module["add_plugin"])
-    assert callable(installed_module["remove_plugin"])
+    for name in MODULE_PLUGIN_API:
+        assert callable(installed_module[name]), name
+    for name in MODULE_WRAPPED:
+        assert installed_module[name] is not pristine_module[name], name
 
     analytics_sprig.uninstall()
     client_after, module_after = _snapshot()

@@ -1,47 +1,62 @@
 """The plugin host: installs a pluggy pipeline into analytics-python's ``Client``.
 
-analytics-python has no extension points, so :func:`install` wraps three of
-``Client``'s methods (``_enqueue``, ``flush``, ``join``) and adds ``add_plugin`` /
-``remove_plugin``. A client with no plugins takes one attribute lookup more than the
-original and is otherwise untouched. :func:`uninstall` puts everything back.
+analytics-python has no extension points, so :func:`install` wraps four of ``Client``'s
+methods (``_enqueue``, ``flush``, ``join``, ``shutdown``) and three functions of the
+``segment.analytics`` module (``flush``, ``join``, ``shutdown``), and adds ``add_plugin``,
+``remove_plugin``, ``find_plugin``, ``find_plugins`` and ``plugin_manager``. A client
+with no plugins takes one attribute lookup more per call than the original and is
+otherwise untouched. :func:`uninstall` puts everything back.
 
 Per call, hook implementations are called directly from a cache rebuilt on every
 registration change (a pluggy hook call costs ~1.2 µs on the app's hot path, a direct call
 ~0.1 µs), and each one inside its own ``try`` so a failing plugin cannot break the app or
 the other plugins.
+
+Lifecycle (the rule stated in :mod:`analytics_sprig.hookspecs`): with plugins attached,
+``flush``, ``join`` and ``shutdown`` are bounded. ``timeout=None`` leaves Segment's own part
+as analytics-python does it and bounds each plugin by its own default; an explicit
+``timeout`` is one deadline for Segment's part and the plugins' together.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
 import threading
+import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pluggy
 import segment.analytics as segment_module
 from segment.analytics.client import Client
 
-from .. import hookspecs
+from . import _fork
+from ._manager import PipelineManager
 
 logger = logging.getLogger("analytics_sprig")
 
 _ATTR = "_analytics_sprig_pipeline"
 _lock = threading.RLock()
-# analytics-python's own methods, kept after uninstall(): methods bound while installed
-# (the ``client.join`` every Client registers with atexit) still call through them.
+# analytics-python's own methods and module functions, kept after uninstall(): methods
+# bound while installed (the ``client.join`` every Client registers with atexit) still
+# call through them.
 _originals: Dict[str, Any] = {}
+_module_originals: Dict[str, Any] = {}
 _installed = False
+_process_hooks_registered = False
+_fork_safe_default = False  # fork_safe() with no client: the module-level default client
 _clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
 Message = Dict[str, Any]
 _Call = Tuple[Callable[..., Any], str]  # (adapted function, "plugin.hook" for logs)
+PluginKey = Union[str, type, Tuple[type, ...]]
 
 _BEFORE = ("message", "client")
 _AFTER = ("message", "success", "client")
 _LIFECYCLE = ("timeout",)
-_PER_CALL_HOOKS = ("analytics_before", "analytics_enrich", "analytics_destination",
-                   "analytics_after")
 
 
 def _adapt(impl: pluggy.HookImpl, order: Sequence[str]) -> Callable[..., Any]:
@@ -58,13 +73,22 @@ def _adapt(impl: pluggy.HookImpl, order: Sequence[str]) -> Callable[..., Any]:
     return call
 
 
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    return None if timeout is None else time.monotonic() + max(0.0, timeout)
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 class Pipeline:
     """One client's plugins: its pluggy ``PluginManager`` and the per-call hook cache."""
 
     def __init__(self) -> None:
-        self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-        self.plugin_manager.add_hookspecs(hookspecs)
-        self.active = False
+        self.active = False  # a per-call hook is registered
+        self.has_plugins = False  # any plugin is registered (lifecycle hooks included)
+        self.fork_safe = False  # opted in with fork_safe() (plugins imply it)
+        self.shut_down = False  # plugins shut down since the last registration change
         self.plugin_errors = 0
         self.dropped = 0
         self._count_lock = threading.Lock()
@@ -74,41 +98,39 @@ class Pipeline:
         self._after: List[_Call] = []
         self._flush: List[_Call] = []
         self._shutdown: List[_Call] = []
+        self.plugin_manager = PipelineManager(self._rebuild)
 
     # -- registration -------------------------------------------------------------------
 
     def add(self, plugin: object, name: Optional[str] = None) -> object:
-        """Register ``plugin``; raise ``ValueError`` if its hooks are invalid."""
+        """Register ``plugin`` (a no-op if it already is); raise if its hooks are invalid."""
         pm = self.plugin_manager
-        with _lock:
-            if pm.is_registered(plugin):
-                return plugin
-            try:
-                # pluggy < 1.7 leaves a plugin half-registered when register() itself
-                # rejects one of its hooks (wrong argument name), hence inside the try.
+        with pm.registration_lock:
+            if not pm.is_registered(plugin):
                 pm.register(plugin, name=name)
-                pm.check_pending()
-                for hook in (*_PER_CALL_HOOKS, "analytics_flush", "analytics_shutdown"):
-                    for impl in getattr(pm.hook, hook).get_hookimpls():
-                        if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
-                            raise ValueError(
-                                f"{hook} of {impl.plugin_name!r} is a wrapper; the analytics "
-                                "pipeline calls each implementation on its own, so wrappers "
-                                "are not supported"
-                            )
-            except Exception:
-                if pm.is_registered(plugin):
-                    pm.unregister(plugin)
-                raise
-            self._rebuild()
         return plugin
 
     def remove(self, plugin: object) -> None:
         """Unregister ``plugin`` (no error if it was not registered)."""
-        with _lock:
-            if self.plugin_manager.is_registered(plugin):
-                self.plugin_manager.unregister(plugin)
-            self._rebuild()
+        pm = self.plugin_manager
+        with pm.registration_lock:
+            if pm.is_registered(plugin):
+                pm.unregister(plugin)
+
+    def find(self, key: PluginKey) -> List[object]:
+        """Registered plugins that are instances of ``key`` (a class or a tuple of classes)
+        or whose registered name is ``key`` (a str), in registration order."""
+        if isinstance(key, str):
+            return [plugin for name, plugin in self.plugin_manager.named_plugins()
+                    if name == key]
+        if isinstance(key, type) or (
+            isinstance(key, tuple) and all(isinstance(k, type) for k in key)
+        ):
+            return [plugin for _, plugin in self.plugin_manager.named_plugins()
+                    if isinstance(plugin, key)]
+        raise TypeError(
+            f"find_plugin takes a plugin class or a registered name, not {type(key).__name__}"
+        )
 
     def _calls(self, hook: str, order: Sequence[str]) -> List[_Call]:
         caller = getattr(self.plugin_manager.hook, hook)
@@ -119,6 +141,7 @@ class Pipeline:
         ]
 
     def _rebuild(self) -> None:
+        """Called by the manager on every registration change (under its lock)."""
         self._before = self._calls("analytics_before", _BEFORE)
         self._enrich = self._calls("analytics_enrich", _BEFORE)
         self._destination = self._calls("analytics_destination", _BEFORE)
@@ -126,6 +149,13 @@ class Pipeline:
         self._flush = self._calls("analytics_flush", _LIFECYCLE)
         self._shutdown = self._calls("analytics_shutdown", _LIFECYCLE)
         self.active = bool(self._before or self._enrich or self._destination or self._after)
+        self.has_plugins = bool(self.plugin_manager.get_plugins())
+        self.shut_down = False
+
+    def reset_after_fork(self) -> None:
+        """In the child of ``fork()``: locks a parent thread held must not stay held."""
+        self._count_lock = threading.Lock()
+        self.plugin_manager.reset_after_fork()
 
     # -- per call -----------------------------------------------------------------------
 
@@ -175,27 +205,71 @@ class Pipeline:
     # -- lifecycle ----------------------------------------------------------------------
 
     def flush(self, timeout: Optional[float]) -> bool:
-        """Call every plugin's ``analytics_flush``; ``False`` if one reported pending work."""
+        """Call every plugin's ``analytics_flush``; ``False`` if one reported pending work.
+
+        ``timeout=None`` is passed on as is (each plugin's own default bound); otherwise
+        each plugin gets what is left of one deadline.
+        """
+        deadline = _deadline(timeout)
         drained = True
         for function, where in self._flush:
             try:
-                if function(timeout) is False:
+                if function(_remaining(deadline)) is False:
                     drained = False
             except Exception:
                 self._failed(where)
         return drained
 
     def shutdown(self, timeout: Optional[float]) -> None:
-        """Call every plugin's ``analytics_shutdown``."""
+        """Call every plugin's ``analytics_shutdown`` (timeout as in :meth:`flush`)."""
+        self.shut_down = True
+        deadline = _deadline(timeout)
         for function, where in self._shutdown:
             try:
-                function(timeout)
+                function(_remaining(deadline))
             except Exception:
                 self._failed(where)
 
     def plugins(self) -> List[object]:
-        """The registered plugins."""
-        return list(self.plugin_manager.get_plugins())
+        """The registered plugins, in registration order."""
+        return [plugin for _, plugin in self.plugin_manager.named_plugins()]
+
+
+# -- Segment's own part of the lifecycle ------------------------------------------------------
+
+
+def _segment_flush(client: Any, deadline: Optional[float]) -> bool:
+    """Wait for Segment's queue to drain: as analytics-python does, or until ``deadline``."""
+    if deadline is None:
+        _originals["flush"](client)
+        return True
+    pending = client.queue
+    size = pending.qsize()
+    with pending.all_tasks_done:  # Queue.join() with a deadline
+        while pending.unfinished_tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.debug("Segment's queue still held %d item(s) at the flush deadline",
+                             pending.unfinished_tasks)
+                return False
+            pending.all_tasks_done.wait(remaining)
+    client.log.debug("successfully flushed about %s items.", size)
+    return True
+
+
+def _segment_join(client: Any, deadline: Optional[float]) -> None:
+    """Stop Segment's consumer threads (none in ``sync_mode``)."""
+    consumers = client.consumers
+    if consumers is None:  # sync_mode: analytics-python's own join() raises TypeError here
+        return
+    if deadline is None:
+        _originals["join"](client)
+        return
+    for consumer in consumers:
+        consumer.pause()
+    for consumer in consumers:
+        with contextlib.suppress(RuntimeError):  # never started (send=False)
+            consumer.join(_remaining(deadline))
 
 
 # -- what install() puts on Client and on the segment.analytics module --------------------
@@ -214,6 +288,11 @@ def pipeline_of(client: Any) -> Pipeline:
     return pipeline
 
 
+def _with_plugins(client: Any) -> Optional[Pipeline]:
+    pipeline: Optional[Pipeline] = client.__dict__.get(_ATTR)  # no class default once uninstalled
+    return pipeline if pipeline is not None and pipeline.has_plugins else None
+
+
 def _enqueue(self: Any, msg: Message) -> Tuple[bool, Message]:
     pipeline: Optional[Pipeline] = self._analytics_sprig_pipeline
     if pipeline is None or not pipeline.active:
@@ -223,22 +302,59 @@ def _enqueue(self: Any, msg: Message) -> Tuple[bool, Message]:
 
 
 def _flush(self: Any, timeout: Optional[float] = None) -> Optional[bool]:
-    """Flush Segment's queue, then every plugin (``timeout`` bounds the plugins' part)."""
-    _originals["flush"](self)
-    pipeline: Optional[Pipeline] = self.__dict__.get(_ATTR)  # no class default once uninstalled
-    if pipeline is None:
+    """Flush Segment's queue, then every plugin; ``True`` when everything drained.
+
+    ``timeout=None``: Segment's part is analytics-python's own ``flush()`` and each plugin
+    is bounded by its own default (``SprigDestination``: ``flush_timeout``, 10 s). A
+    ``timeout`` is one deadline for both parts. Returns ``None``, as analytics-python
+    does, for a client without plugins flushed without a ``timeout``.
+    """
+    pipeline = _with_plugins(self)
+    if timeout is None and pipeline is None:
+        _originals["flush"](self)
         return None
-    return pipeline.flush(timeout)
+    deadline = _deadline(timeout)
+    drained = _segment_flush(self, deadline)
+    if pipeline is not None:
+        drained = pipeline.flush(_remaining(deadline)) and drained
+    return drained
 
 
 def _join(self: Any, timeout: Optional[float] = None) -> None:
-    """Stop Segment's consumer threads, then shut every plugin down."""
+    """Stop Segment's consumer threads, then shut every plugin down.
+
+    Each plugin gets one ``analytics_shutdown``: ``timeout=None`` means its own bound
+    (``SprigDestination``: ``shutdown_timeout``, 5 s); a ``timeout`` is one deadline for
+    Segment's part and the plugins'. Works in ``sync_mode`` (no consumers to stop).
+    """
+    deadline = _deadline(timeout)
     try:
-        _originals["join"](self)
+        _segment_join(self, deadline)
     finally:
-        pipeline: Optional[Pipeline] = self.__dict__.get(_ATTR)
+        pipeline = _with_plugins(self)
         if pipeline is not None:
-            pipeline.shutdown(timeout)
+            pipeline.shutdown(_remaining(deadline))
+
+
+def _shutdown(self: Any, timeout: Optional[float] = None) -> None:
+    """Flush Segment's queue, stop its consumers, and shut every plugin down once.
+
+    Not ``flush()`` then ``join()`` as in analytics-python: the plugins get a single
+    bounded ``analytics_shutdown`` (which flushes within its bound), not an unbounded
+    flush first. ``timeout`` as in :meth:`join`. Works in ``sync_mode``.
+    """
+    pipeline = _with_plugins(self)
+    if timeout is None and pipeline is None:
+        self.flush()  # analytics-python's own sequence (join() copes with sync_mode)
+        self.join()
+        return
+    deadline = _deadline(timeout)
+    try:
+        _segment_flush(self, deadline)
+        _segment_join(self, deadline)
+    finally:
+        if pipeline is not None:
+            pipeline.shutdown(_remaining(deadline))
 
 
 def _add_plugin(self: Any, plugin: object, name: Optional[str] = None) -> object:
@@ -251,7 +367,22 @@ def _remove_plugin(self: Any, plugin: object) -> None:
     pipeline_of(self).remove(plugin)
 
 
-def _plugin_manager(self: Any) -> pluggy.PluginManager:
+def _find_plugins(self: Any, type_or_name: PluginKey) -> List[object]:
+    """This client's plugins that are instances of ``type_or_name`` (a class, or a tuple of
+    classes) or registered under that name (a str), in registration order."""
+    pipeline: Optional[Pipeline] = self.__dict__.get(_ATTR)
+    if pipeline is None:
+        return pipeline_of(self).find(type_or_name)  # validates the key all the same
+    return pipeline.find(type_or_name)
+
+
+def _find_plugin(self: Any, type_or_name: PluginKey) -> Optional[object]:
+    """The first plugin :meth:`find_plugins` would return, or ``None``."""
+    found = _find_plugins(self, type_or_name)
+    return found[0] if found else None
+
+
+def _plugin_manager(self: Any) -> PipelineManager:
     return pipeline_of(self).plugin_manager
 
 
@@ -265,13 +396,144 @@ def _module_remove_plugin(plugin: object) -> None:
     segment_module._proxy("remove_plugin", plugin)
 
 
+def _module_find_plugin(type_or_name: PluginKey) -> Optional[object]:
+    """``find_plugin`` on the module-level default client (``None`` if there is none yet)."""
+    client = segment_module.default_client
+    if client is None:
+        return None
+    return _find_plugin(client, type_or_name)
+
+
+def _module_find_plugins(type_or_name: PluginKey) -> List[object]:
+    """``find_plugins`` on the module-level default client (``[]`` if there is none yet)."""
+    client = segment_module.default_client
+    if client is None:
+        return []
+    return _find_plugins(client, type_or_name)
+
+
+def _module_flush(timeout: Optional[float] = None) -> Optional[bool]:
+    """Flush the default client: Segment's queue and every plugin (see ``Client.flush``).
+
+    Returns the client's result: ``True`` when everything drained, ``False`` if something
+    was still pending at a deadline (``None`` for a client without plugins, as before).
+    """
+    if timeout is None:
+        result: Optional[bool] = segment_module._proxy("flush")
+    else:
+        result = segment_module._proxy("flush", timeout=timeout)
+    return result
+
+
+def _module_join(timeout: Optional[float] = None) -> None:
+    """Stop the default client's consumers and shut its plugins down (see ``Client.join``)."""
+    if timeout is None:
+        segment_module._proxy("join")
+    else:
+        segment_module._proxy("join", timeout=timeout)
+
+
+def _module_shutdown(timeout: Optional[float] = None) -> None:
+    """Flush and shut down the default client (see ``Client.shutdown``): bounded with plugins."""
+    if timeout is None:
+        segment_module._proxy("shutdown")
+    else:
+        segment_module._proxy("shutdown", timeout=timeout)
+
+
+_CLIENT_WRAPPED = {"_enqueue": _enqueue, "flush": _flush, "join": _join, "shutdown": _shutdown}
 _CLIENT_ADDED = {
     "add_plugin": _add_plugin,
     "remove_plugin": _remove_plugin,
+    "find_plugin": _find_plugin,
+    "find_plugins": _find_plugins,
     "plugin_manager": property(_plugin_manager, doc="This client's pluggy PluginManager."),
     _ATTR: None,
 }
-_MODULE_ADDED = {"add_plugin": _module_add_plugin, "remove_plugin": _module_remove_plugin}
+_MODULE_WRAPPED = {"flush": _module_flush, "join": _module_join, "shutdown": _module_shutdown}
+_MODULE_ADDED = {
+    "add_plugin": _module_add_plugin,
+    "remove_plugin": _module_remove_plugin,
+    "find_plugin": _module_find_plugin,
+    "find_plugins": _module_find_plugins,
+}
+
+
+# -- fork and exit -------------------------------------------------------------------------
+
+
+def fork_safe(client: Any = None) -> Any:
+    """Opt ``client`` in to fork safety for Segment's own delivery; returns ``client``.
+
+    A client with plugins is always fork-safe. This is for a client without plugins: in
+    the child of ``os.fork()`` it gets a fresh queue and fresh consumer threads (started
+    if the parent's were running), and analytics-python's ``requests`` sessions are
+    renewed. With no argument, the module-level default client (``segment.analytics``'
+    functions) is opted in, whenever it is created. Effective while the plugin API is
+    installed; :func:`uninstall` forgets it.
+    """
+    global _fork_safe_default
+    if client is None:
+        _fork_safe_default = True
+    else:
+        pipeline_of(client).fork_safe = True
+    return client
+
+
+def _renew_in_child(client: Any) -> bool:
+    try:
+        _fork.renew_segment_delivery(client)
+    except Exception:
+        logger.exception("could not renew Segment's consumers after fork")
+        return False
+    return True
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another parent thread may have held it at the fork
+    if not _installed:
+        return
+    default = segment_module.default_client
+    selected: List[Any] = []
+    for client in list(_clients):
+        pipeline: Optional[Pipeline] = client.__dict__.get(_ATTR)
+        if pipeline is None:
+            continue
+        pipeline.reset_after_fork()
+        if pipeline.has_plugins or pipeline.fork_safe or (
+            _fork_safe_default and client is default
+        ):
+            selected.append(client)
+    if _fork_safe_default and default is not None and default not in selected:
+        selected.append(default)
+    renewed = [_renew_in_child(client) for client in selected]
+    if any(renewed):
+        try:
+            _fork.renew_sessions()
+        except Exception:
+            logger.exception("could not renew analytics-python's HTTP sessions after fork")
+
+
+def _shutdown_at_exit() -> None:
+    """Plugins not shut down yet (clients analytics-python registered no atexit for:
+    ``sync_mode``, ``send=False``, or created before :func:`install`) get their bound."""
+    if not _installed:
+        return
+    for client in list(_clients):
+        pipeline = _with_plugins(client)
+        if pipeline is not None and not pipeline.shut_down:
+            pipeline.shutdown(None)
+
+
+def _register_process_hooks() -> None:
+    global _process_hooks_registered
+    if _process_hooks_registered:
+        return
+    _process_hooks_registered = True
+    if hasattr(os, "register_at_fork"):  # not on Windows
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+    atexit.register(_shutdown_at_exit)
 
 
 def installed() -> bool:
@@ -285,25 +547,26 @@ def install() -> None:
     with _lock:
         if _installed:
             return
-        for name in ("_enqueue", "flush", "join"):
+        for name in _CLIENT_WRAPPED:
             _originals[name] = Client.__dict__[name]
-        for name, value in _CLIENT_ADDED.items():
+        for name in _MODULE_WRAPPED:
+            _module_originals[name] = vars(segment_module)[name]
+        for name, value in {**_CLIENT_ADDED, **_CLIENT_WRAPPED}.items():
             setattr(Client, name, value)
-        Client._enqueue = _enqueue
-        Client.flush = _flush
-        Client.join = _join
-        for name, value in _MODULE_ADDED.items():
+        for name, value in {**_MODULE_ADDED, **_MODULE_WRAPPED}.items():
             setattr(segment_module, name, value)
+        _register_process_hooks()
         _installed = True
 
 
 def uninstall() -> None:
     """Restore analytics-python exactly as it was before :func:`install`.
 
-    Clients forget their plugins; plugins are not shut down (call their ``shutdown()``
-    yourself if they run workers).
+    Clients forget their plugins (and :func:`fork_safe` opt-ins); plugins are not shut
+    down (call their ``shutdown()`` yourself if they run workers). The fork and exit hooks
+    stay registered (Python cannot unregister a fork hook) but do nothing.
     """
-    global _installed
+    global _installed, _fork_safe_default
     with _lock:
         if not _installed:
             return
@@ -311,9 +574,12 @@ def uninstall() -> None:
             setattr(Client, name, original)
         for name in _CLIENT_ADDED:
             delattr(Client, name)
+        for name, original in _module_originals.items():
+            setattr(segment_module, name, original)
         for name in _MODULE_ADDED:
             delattr(segment_module, name)
         for client in list(_clients):
             client.__dict__.pop(_ATTR, None)
         _clients.clear()
+        _fork_safe_default = False
         _installed = False
