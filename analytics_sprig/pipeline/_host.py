@@ -320,20 +320,64 @@ def _flush(self: Any, timeout: Optional[float] = None) -> Optional[bool]:
     return drained
 
 
+class _SegmentPart:
+    """Segment's part of a join/shutdown, run beside the plugins' (so the wait is the
+    longer of the two, not their sum); inline where no thread can start (interpreter
+    exit on Python 3.12+)."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+        thread = threading.Thread(target=self._run, args=(work,), daemon=True,
+                                  name="analytics-sprig-segment-stop")
+        try:
+            thread.start()
+        except RuntimeError:
+            self._run(work)
+        else:
+            self._thread = thread
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised on the caller's thread by wait()
+            self._error = exc
+
+    def wait(self, deadline: Optional[float]) -> None:
+        if self._thread is not None:
+            self._thread.join(_remaining(deadline))
+        if self._error is not None:
+            raise self._error
+
+
+def _stop(client: Any, timeout: Optional[float], *, flush: bool) -> None:
+    pipeline = _with_plugins(client)
+    deadline = _deadline(timeout)
+
+    def segment_part() -> None:
+        if flush:
+            _segment_flush(client, deadline)
+        _segment_join(client, deadline)
+
+    if pipeline is None:
+        segment_part()
+        return
+    running = _SegmentPart(segment_part)
+    try:
+        pipeline.shutdown(_remaining(deadline))
+    finally:
+        running.wait(deadline)
+
+
 def _join(self: Any, timeout: Optional[float] = None) -> None:
-    """Stop Segment's consumer threads, then shut every plugin down.
+    """Stop Segment's consumer threads and shut every plugin down.
 
     Each plugin gets one ``analytics_shutdown``: ``timeout=None`` means its own bound
-    (``SprigDestination``: ``shutdown_timeout``, 5 s); a ``timeout`` is one deadline for
-    Segment's part and the plugins'. Works in ``sync_mode`` (no consumers to stop).
+    (``SprigDestination``: ``shutdown_timeout``, 5 s) and Segment's part is
+    analytics-python's own; a ``timeout`` is one deadline for both. The two parts run
+    side by side. Works in ``sync_mode`` (no consumers to stop).
     """
-    deadline = _deadline(timeout)
-    try:
-        _segment_join(self, deadline)
-    finally:
-        pipeline = _with_plugins(self)
-        if pipeline is not None:
-            pipeline.shutdown(_remaining(deadline))
+    _stop(self, timeout, flush=False)
 
 
 def _shutdown(self: Any, timeout: Optional[float] = None) -> None:
@@ -343,18 +387,11 @@ def _shutdown(self: Any, timeout: Optional[float] = None) -> None:
     bounded ``analytics_shutdown`` (which flushes within its bound), not an unbounded
     flush first. ``timeout`` as in :meth:`join`. Works in ``sync_mode``.
     """
-    pipeline = _with_plugins(self)
-    if timeout is None and pipeline is None:
+    if timeout is None and _with_plugins(self) is None:
         self.flush()  # analytics-python's own sequence (join() copes with sync_mode)
         self.join()
         return
-    deadline = _deadline(timeout)
-    try:
-        _segment_flush(self, deadline)
-        _segment_join(self, deadline)
-    finally:
-        if pipeline is not None:
-            pipeline.shutdown(_remaining(deadline))
+    _stop(self, timeout, flush=True)
 
 
 def _add_plugin(self: Any, plugin: object, name: Optional[str] = None) -> object:
