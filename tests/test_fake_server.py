@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import json
 import os
+import queue
 import signal
 import socket
 import ssl
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List, Optional
 from urllib.parse import quote
 
 import httpx
@@ -705,36 +706,472 @@ def test_on_request_hook_sees_each_record() -> None:
     ]
 
 
-# -- serve() -------------------------------------------------------------------------------
+# -- simulated distance ------------------------------------------------------------------
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGINT")
-def test_serve_prints_url_and_one_line_per_request() -> None:
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    code = "from analytics_sprig.testing import serve; serve(port=0, api_key='k')"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[httpx.Response, float]:
+    start = time.monotonic()
+    response = call(*args, **kwargs)
+    return response, time.monotonic() - start
+
+
+def test_latency_delays_sprig_and_segment_requests_alike() -> None:
+    with FakeSprig(api_key=KEY, latency=0.2) as sprig, sprig_client(sprig) as c:
+        assert sprig.latency == 0.2 and sprig.jitter == 0.0
+        response, took = timed(upsert, c, {"userId": "u"})
+        assert response.status_code == 202
+        assert took >= 0.2
+        batch, took = timed(c.post, "/v1/batch", json={"batch": [{"type": "track"}]})
+        assert batch.status_code == 200
+        assert took >= 0.2
+        missing, took = timed(c.get, "/v2/nope")  # every answer crosses the distance
+        assert missing.status_code == 404
+        assert took >= 0.2
+        assert "u" in sprig.users and len(sprig.segment_messages) == 1
+
+
+def test_latency_is_served_in_parallel_across_connections() -> None:
+    latency, n = 0.2, 20
+    with FakeSprig(api_key=KEY, latency=latency) as sprig:
+        results: List[int] = []
+        barrier = threading.Barrier(n)
+
+        def send(i: int) -> None:
+            with sprig_client(sprig, timeout=10) as c:
+                barrier.wait(5)
+                results.append(upsert(c, {"userId": f"u{i}"}).status_code)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        took = time.monotonic() - start
+        assert results == [202] * n
+        assert len({r.client for r in sprig.requests}) == n  # n connections at once
+        # One after another they would need n x latency = 4 s; in parallel about one latency.
+        assert took < n * latency / 2
+
+
+def test_jitter_stays_within_its_bounds() -> None:
+    latency, jitter = 0.2, 0.1
+    with FakeSprig(api_key=KEY, latency=latency, jitter=jitter) as sprig:
+        # The drawn delays themselves: uniform over [latency - jitter, latency + jitter].
+        draws = [sprig._admit(RecordedRequest("GET", "/", {}, b"", None, 0, 0.0), None).delay
+                 for _ in range(2000)]
+        assert all(latency - jitter <= d <= latency + jitter for d in draws)
+        assert min(draws) < latency - 0.9 * jitter and max(draws) > latency + 0.9 * jitter
+        sprig.reset()
+        took: List[float] = []
+        lock = threading.Lock()
+
+        def send(i: int) -> None:
+            with sprig_client(sprig, timeout=10) as c:
+                response, seconds = timed(upsert, c, {"userId": f"u{i}"})
+            assert response.status_code == 202
+            with lock:
+                took.append(seconds)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(took) == 10
+        assert all(latency - jitter <= t <= latency + jitter + 1.0 for t in took)
+        assert max(took) - min(took) > 0.01  # drawn per request, not once
+
+
+def test_set_latency_changes_and_turns_off_and_reset_keeps_it(
+    sprig: FakeSprig, client: httpx.Client
+) -> None:
+    sprig.set_latency(0.2, jitter=0.05)
+    assert (sprig.latency, sprig.jitter) == (0.2, 0.05)
+    assert timed(upsert, client, {"userId": "u"})[1] >= 0.15
+    sprig.reset()  # a setting, not a fault
+    assert sprig.latency == 0.2
+    assert timed(upsert, client, {"userId": "u"})[1] >= 0.15
+    sprig.set_delay(0.1)  # a fault on top of the distance
+    assert timed(upsert, client, {"userId": "u"})[1] >= 0.25
+    sprig.set_delay(0)
+    sprig.set_latency(0)
+    assert timed(upsert, client, {"userId": "u"})[1] < 0.15
+
+
+@pytest.mark.parametrize(
+    ("latency", "jitter"),
+    [(-0.1, 0.0), (0.1, -0.01), (0.1, 0.2), (float("nan"), 0.0), (float("inf"), 0.0)],
+)
+def test_latency_argument_checks(latency: float, jitter: float) -> None:
+    with pytest.raises(ValueError):
+        FakeSprig(latency=latency, jitter=jitter)
+    with pytest.raises(ValueError):
+        FakeSprig().set_latency(latency, jitter)
+
+
+def test_stop_cuts_latency_short() -> None:
+    sprig = FakeSprig(api_key=KEY, latency=30.0).start()
+    try:
+        errors: List[BaseException] = []
+
+        def call() -> None:
+            try:
+                post(sprig.url + "/v2/users", json={"userId": "u"}, headers=AUTH, timeout=60)
+            except httpx.HTTPError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=call)
+        worker.start()
+        deadline = time.monotonic() + 5
+        while sprig._seq == 0 and time.monotonic() < deadline:  # read, now waiting
+            time.sleep(0.01)
+        start = time.monotonic()
+        sprig.stop()
+        worker.join(5)
+        assert time.monotonic() - start < 3.0
+        assert len(errors) == 1
+        assert [r.status for r in sprig.requests] == [0]
+        assert sprig.users == {}
+    finally:
+        sprig.stop()
+
+
+# -- simulated rate limit ------------------------------------------------------------------
+
+
+def statuses(client: httpx.Client, n: int, prefix: str = "u") -> List[int]:
+    return [upsert(client, {"userId": f"{prefix}{i}"}).status_code for i in range(n)]
+
+
+def test_burst_beyond_the_bucket_gets_exactly_the_excess_throttled() -> None:
+    burst, extra = 5, 3
+    # 0.5 token/s: the burst takes well under the 2 s a new token needs.
+    with FakeSprig(api_key=KEY, rate_limit=0.5, rate_limit_burst=burst) as sprig:
+        with sprig_client(sprig) as c:
+            responses = [upsert(c, {"userId": f"u{i}"}) for i in range(burst + extra)]
+        assert [r.status_code for r in responses] == [202] * burst + [429] * extra
+        assert all(r.json() == {"error": "Too Many Requests"} for r in responses[burst:])
+        assert all("retry-after" not in r.headers for r in responses)
+        assert sprig.throttled == extra
+        assert [r.status for r in sprig.requests] == [202] * burst + [429] * extra
+        # Throttled requests changed nothing.
+        assert set(sprig.users) == {f"u{i}" for i in range(burst)}
+
+
+def test_concurrent_burst_gets_exactly_the_excess_throttled() -> None:
+    burst, n = 4, 12
+    with FakeSprig(api_key=KEY, rate_limit=0.1, rate_limit_burst=burst) as sprig:
+        got: List[int] = []
+        lock = threading.Lock()
+
+        def send(i: int) -> None:
+            status = post(sprig.url + "/v2/users", json={"userId": f"u{i}"},
+                          headers=AUTH).status_code
+            with lock:
+                got.append(status)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(got) == [202] * burst + [429] * (n - burst)
+        assert sprig.throttled == n - burst
+        assert len(sprig.users) == burst
+
+
+def test_bucket_refills_at_the_rate() -> None:
+    with FakeSprig(api_key=KEY, rate_limit=1.0) as sprig, sprig_client(sprig) as c:
+        start = time.monotonic()
+        assert upsert(c, {"userId": "first"}).status_code == 202  # burst 1: one second's worth
+        throttled = 0
+        while True:
+            status = upsert(c, {"userId": "again"}).status_code
+            if status == 202:
+                break
+            assert status == 429
+            throttled += 1
+            assert time.monotonic() - start < 1.0 + 1.0, "the bucket never refilled"
+            time.sleep(0.05)
+        assert time.monotonic() - start >= 0.9  # one token takes 1 s at 1 request/s
+        assert throttled >= 1
+        assert sprig.throttled == throttled
+        assert set(sprig.users) == {"first", "again"}
+
+
+def test_retry_after_only_when_configured(sprig: FakeSprig, client: httpx.Client) -> None:
+    sprig.set_rate_limit(0.01, burst=1, retry_after=7)
+    assert statuses(client, 2) == [202, 429]
+    throttled = upsert(client, {"userId": "x"})
+    assert throttled.status_code == 429
+    assert throttled.headers["retry-after"] == "7"
+    assert throttled.headers["content-type"] == "application/json"
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    sprig.set_rate_limit(0.01, burst=1, retry_after=date)  # buckets start full again
+    assert statuses(client, 2, prefix="d") == [202, 429]
+    assert upsert(client, {"userId": "y"}).headers["retry-after"] == date
+    sprig.set_rate_limit(0.01, burst=1)
+    assert statuses(client, 2, prefix="n") == [202, 429]
+    assert "retry-after" not in upsert(client, {"userId": "z"}).headers
+    assert sprig.throttled == 6
+
+
+def test_rate_limit_spares_segment_and_auth_failures_and_turns_off(sprig: FakeSprig) -> None:
+    sprig.set_rate_limit(0.01, burst=1)
+    url = sprig.url
+    for _ in range(5):
+        assert post(url + "/v1/batch", json={"batch": [{"type": "track"}]}).status_code == 200
+    assert post(url + "/v2/users", json={"userId": "u"}, headers=AUTH).status_code == 202
+    assert post(url + "/v2/users", json={"userId": "v"}, headers=AUTH).status_code == 429
+    # Auth is checked first: a bad key gets 401, not 429, and costs no token.
+    wrong = {"Authorization": "API-Key wrong"}
+    assert post(url + "/v2/users", json={"userId": "w"}, headers=wrong).status_code == 401
+    assert post(url + "/v2/users", json={"userId": "w"}).status_code == 401
+    assert sprig.throttled == 1
+    assert len(sprig.segment_messages) == 5
+    sprig.set_rate_limit(None)
+    assert post(url + "/v2/users", json={"userId": "v"}, headers=AUTH).status_code == 202
+    assert set(sprig.users) == {"u", "v"}
+
+
+def test_rate_limit_is_per_api_key() -> None:
+    with FakeSprig(rate_limit=0.01, rate_limit_burst=2) as sprig:  # any key accepted
+        url = sprig.url + "/v2/users"
+        key_a = {"Authorization": "API-Key a"}
+        key_b = {"Authorization": "API-Key b"}
+        assert [post(url, json={"userId": "a"}, headers=key_a).status_code
+                for _ in range(3)] == [202, 202, 429]
+        assert [post(url, json={"userId": "b"}, headers=key_b).status_code
+                for _ in range(3)] == [202, 202, 429]
+        assert sprig.throttled == 2
+
+
+def test_reset_keeps_the_rate_limit_but_refills(sprig: FakeSprig, client: httpx.Client) -> None:
+    sprig.set_rate_limit(0.01, burst=2)
+    assert statuses(client, 3) == [202, 202, 429]
+    sprig.reset()
+    assert sprig.throttled == 0
+    assert statuses(client, 3) == [202, 202, 429]
+    assert sprig.throttled == 1
+
+
+def test_faults_take_precedence_over_the_rate_limit(
+    sprig: FakeSprig, client: httpx.Client
+) -> None:
+    sprig.set_rate_limit(0.01, burst=1)
+    sprig.inject(status=503)
+    assert statuses(client, 3) == [503, 202, 429]  # the fault cost no token
+    assert sprig.throttled == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rate_limit": 0},
+        {"rate_limit": -1},
+        {"rate_limit": float("nan")},
+        {"rate_limit": 5, "rate_limit_burst": 0.5},
+        {"rate_limit": 5, "rate_limit_retry_after": -1},
+        {"rate_limit_burst": 3},
+        {"rate_limit_retry_after": 3},
+    ],
+)
+def test_rate_limit_argument_checks(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        FakeSprig(**kwargs)
+
+
+def test_rate_limit_default_burst_is_one_seconds_worth() -> None:
+    with FakeSprig(api_key=KEY, rate_limit=3.0) as sprig, sprig_client(sprig) as c:
+        # 3 tokens; the 4 requests take far less than the 1/3 s a new one needs.
+        assert statuses(c, 4) == [202, 202, 202, 429]
+    with FakeSprig(api_key=KEY, rate_limit=0.2) as sprig, sprig_client(sprig) as c:
+        assert statuses(c, 2) == [202, 429]  # at least one request passes
+
+
+# -- serve() and `analytics-sprig serve-fake` ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+# Python installs its KeyboardInterrupt handler only if SIGINT is not ignored when it starts.
+# A shell without job control starts `cmd &` with SIGINT ignored, and children inherit that:
+# a test run started that way (`pytest ... &`, `tox > log &` in a script) used to see
+# SIGINT ignored by the server, which then never stopped (issue 12's TimeoutExpired). The
+# children here take SIGINT the way a terminal's Ctrl-C reaches a foreground program.
+SIGINT_AS_IN_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+
+
+def spawn(code: str, *args: str, inherit_ignored_sigint: bool = False) -> subprocess.Popen[str]:
+    """Run ``python -c code args...`` with SIGINT handled as in a terminal.
+
+    ``inherit_ignored_sigint`` starts it the way a background job is started (SIGINT
+    ignored on entry), through a shell that ignores SIGINT and execs Python in its place.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-c", f"{SIGINT_AS_IN_A_TERMINAL}\n{code}", *args]
+    if inherit_ignored_sigint:
+        command = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=str(root),
+        cwd=str(ROOT),
     )
+
+
+def line_reader(stream: Any) -> queue.Queue[Optional[str]]:
+    """Lines of ``stream`` as they come (None at EOF), so every read can have a timeout."""
+    lines: queue.Queue[Optional[str]] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def next_line(lines: queue.Queue[Optional[str]], proc: subprocess.Popen[str]) -> str:
+    try:
+        line = lines.get(timeout=30)
+    except queue.Empty:
+        raise AssertionError("no output from the server within 30 s") from None
+    if line is None:
+        _, err = proc.communicate(timeout=5)
+        raise AssertionError(f"the server exited ({proc.returncode}): {err}")
+    return line
+
+
+def listening_url(line: str) -> str:
+    prefix = "Fake Sprig listening on "
+    assert line.startswith(prefix) and line.endswith(" (Ctrl-C to stop)"), line
+    url = line[len(prefix):].split()[0]
+    assert url.startswith("http://127.0.0.1:")
+    return url
+
+
+def interrupt_and_wait(proc: subprocess.Popen[str], lines: queue.Queue[Optional[str]]) -> str:
+    """SIGINT (Ctrl-C); the server must exit 0, with no traceback, within 10 s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the server did not stop within 10 s of SIGINT") from None
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert lines.get(timeout=5) is None  # stdout closed, nothing more printed
+    return err
+
+
+def cleanup(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+SERVE = "from analytics_sprig.testing import serve; serve(port=0, api_key='k')"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGINT")
+@pytest.mark.parametrize(
+    "inherit_ignored_sigint",
+    [pytest.param(False, id="foreground"), pytest.param(True, id="sigint-ignored-on-entry")],
+)
+def test_serve_prints_url_and_one_line_per_request(inherit_ignored_sigint: bool) -> None:
+    proc = spawn(SERVE, inherit_ignored_sigint=inherit_ignored_sigint)
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
-        url = first.split()[first.split().index("on") + 1]
-        assert url.startswith("http://127.0.0.1:")
+        lines = line_reader(proc.stdout)
+        url = listening_url(next_line(lines, proc))
         assert post(url + "/v2/users", json={"userId": "u"}, headers=AUTH).status_code == 202
         assert get(url + "/v2/users/u").status_code == 401
-        assert proc.stdout.readline().strip() == "POST /v2/users 202"
-        assert proc.stdout.readline().strip() == "GET /v2/users/u 401"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=5)
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err
+        assert next_line(lines, proc) == "POST /v2/users 202"
+        assert next_line(lines, proc) == "GET /v2/users/u 401"
+        interrupt_and_wait(proc, lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        cleanup(proc)
+
+
+SERVE_FAKE = "import sys; from analytics_sprig.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGINT")
+def test_serve_fake_simulates_latency_and_rate_limit() -> None:
+    proc = spawn(SERVE_FAKE, "serve-fake", "--port", "0", "--api-key", "k",
+                 "--latency", "0.2", "--jitter", "0.05", "--rate-limit", "0.1",
+                 "--rate-limit-burst", "2", "--retry-after", "3")
+    try:
+        assert proc.stdout is not None
+        lines = line_reader(proc.stdout)
+        url = listening_url(next_line(lines, proc))
+        assert next_line(lines, proc) == (
+            "Latency: every request is answered after 200 ms +/- 50 ms")
+        assert next_line(lines, proc) == (
+            "Rate limit: 0.1 requests/s per API key, bursts of up to 2; over it, 429 with "
+            "Retry-After: 3 (Segment's /v1/batch is not limited)")
+        with httpx.Client(base_url=url, headers=AUTH, timeout=10, verify=SSL) as c:
+            timings = [timed(upsert, c, {"userId": f"u{i}"}) for i in range(3)]
+            batch = c.post("/v1/batch", json={"batch": [{"type": "track"}]})
+        assert [r.status_code for r, _ in timings] == [202, 202, 429]
+        assert all(seconds >= 0.15 for _, seconds in timings)  # 200 ms - 50 ms at least
+        assert timings[2][0].headers["retry-after"] == "3"
+        assert timings[2][0].json() == {"error": "Too Many Requests"}
+        assert batch.status_code == 200
+        assert [next_line(lines, proc) for _ in range(4)] == [
+            "POST /v2/users 202", "POST /v2/users 202", "POST /v2/users 429",
+            "POST /v1/batch 200",
+        ]
+        interrupt_and_wait(proc, lines)
+    finally:
+        cleanup(proc)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--latency", "-1"], "--latency"),
+        (["--latency", "abc"], "--latency"),
+        (["--jitter", "-0.01", "--latency", "0.1"], "--jitter"),
+        (["--latency", "0.01", "--jitter", "0.02"], "--jitter"),
+        (["--jitter", "0.01"], "--jitter"),
+        (["--rate-limit", "-5"], "--rate-limit"),
+        (["--rate-limit", "0"], "--rate-limit"),
+        (["--rate-limit", "5", "--rate-limit-burst", "-1"], "--rate-limit-burst"),
+        (["--rate-limit", "5", "--rate-limit-burst", "0.5"], "--rate-limit-burst"),
+        (["--rate-limit", "5", "--retry-after", "-1"], "--retry-after"),
+        (["--retry-after", "2"], "--retry-after"),
+        (["--rate-limit-burst", "2"], "--rate-limit-burst"),
+    ],
+)
+def test_serve_fake_rejects_bad_simulation_options(
+    args: List[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from analytics_sprig import cli
+
+    assert cli.main(["serve-fake", "--port", "0", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert "Traceback" not in captured.err
+    assert "listening" not in captured.out  # nothing was started
+
+
+def test_serve_fake_help_documents_the_simulation_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from analytics_sprig import cli
+
+    assert cli.main(["serve-fake", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ("--latency", "--jitter", "--rate-limit", "--rate-limit-burst",
+                   "--retry-after"):
+        assert option in out
+    assert "429" in out and "Retry-After" in out

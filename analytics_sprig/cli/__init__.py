@@ -257,14 +257,49 @@ def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _burst(text: str) -> float:
+    """How many requests the rate limit's bucket holds: a number >= 1 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text}")
+    return value
+
+
 def _cmd_serve_fake(args: argparse.Namespace) -> int:
+    if args.jitter > args.latency:
+        raise UsageError(f"--jitter ({args.jitter:g} s) must not exceed --latency "
+                         f"({args.latency:g} s)")
+    if args.rate_limit is None:
+        for flag, value in (("--rate-limit-burst", args.rate_limit_burst),
+                            ("--retry-after", args.retry_after)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --rate-limit")
     # SIGTERM (docker stop, kill) stops the server as cleanly as Ctrl-C.
     previous: Any = None
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        fake_server.serve(args.host, args.port, args.api_key, out=sys.stdout)
+        fake_server.serve(args.host, args.port, args.api_key, out=sys.stdout,
+                          latency=args.latency, jitter=args.jitter,
+                          rate_limit=args.rate_limit, rate_limit_burst=args.rate_limit_burst,
+                          rate_limit_retry_after=args.retry_after)
+    except ValueError as exc:  # an option the checks above let through
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         _err(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return EXIT_FAILED
@@ -383,13 +418,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve-fake", parents=[common], help="run the local fake Sprig server",
         description="Run the fake Sprig API (and Segment's /v1/batch) in the foreground; "
-                    "prints its URL, then one line per request. Ctrl-C stops it.",
+                    "prints its URL, the simulated conditions, then one line per request. "
+                    "It can simulate distance (--latency, --jitter) and Sprig's rate limit "
+                    "(--rate-limit: a token bucket per API key answering 429 "
+                    "{\"error\": \"Too Many Requests\"}, with Retry-After only if "
+                    "--retry-after is given). Ctrl-C or SIGTERM stops it.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8765,
                        help="port (default: 8765; 0 picks a free one)")
     serve.add_argument("--api-key", metavar="KEY",
                        help="require this key in the Authorization header (default: any key)")
+    serve.add_argument("--latency", type=_seconds, default=0.0, metavar="SECONDS",
+                       help="answer every request (Sprig's and Segment's) SECONDS after it "
+                            "arrives, like a server that far away; connections are served "
+                            "in parallel (default: 0)")
+    serve.add_argument("--jitter", type=_seconds, default=0.0, metavar="SECONDS",
+                       help="vary each request's latency by a uniform +/- SECONDS, at most "
+                            "--latency (default: 0)")
+    serve.add_argument("--rate-limit", type=_positive_float, metavar="R",
+                       help="allow R requests/s per API key on /v2 (a token bucket); beyond "
+                            "it, answer 429 (default: no limit; Segment's /v1/batch is never "
+                            "limited)")
+    serve.add_argument("--rate-limit-burst", type=_burst, metavar="N",
+                       help="requests the bucket holds, for bursts (default: one second's "
+                            "worth, R, at least 1)")
+    serve.add_argument("--retry-after", type=_non_negative_int, metavar="N",
+                       help="send Retry-After: N (seconds) with each 429 (default: no "
+                            "Retry-After header)")
     serve.set_defaults(func=_cmd_serve_fake)
     return parser
 

@@ -3,7 +3,9 @@
 Standard library only. The server runs in a background thread on ``127.0.0.1`` and
 records every request, keeps the visitors it was sent, and can misbehave on demand
 (error statuses, slow answers, dropped or reset connections, a black hole, redirects)
-so clients can be tested against the failures a real network produces.
+so clients can be tested against the failures a real network produces. It can also
+simulate distance (every request answered after a fixed or jittered latency, many
+connections in parallel) and Sprig's rate limit (a token bucket per API key answering 429).
 
 Example::
 
@@ -13,6 +15,10 @@ Example::
         sprig.inject(status=503, count=2, retry_after=1)
         ...  # point the client at sprig.url
         assert sprig.wait_for(lambda s: "user-1" in s.users)
+
+    # Sprig 50 ms away, allowing 20 requests/s (429 without Retry-After beyond that):
+    with FakeSprig(api_key="k", latency=0.05, jitter=0.01, rate_limit=20.0) as sprig:
+        ...
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import copy
 import datetime as _dt
 import gzip
 import json
+import math
+import random
 import socket
 import socketserver
 import struct
@@ -55,6 +63,8 @@ _VISITOR_NAMESPACE = uuid.UUID("6f1c2a7e-5b1d-4c3e-9a8f-2d4b6e8a0c11")
 
 # How long stop() waits for connection threads once their sockets are shut down.
 _STOP_JOIN_SECONDS = 1.0
+
+_THROTTLED_STATUS = 429
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,72 @@ class _Ticket:
     delay: float
     body_error: Optional[str] = None
     record: Optional[RecordedRequest] = None
+
+
+@dataclass(frozen=True)
+class _RateLimit:
+    """Settings of the simulated rate limit: ``rate`` requests/s, bursts of ``burst``."""
+
+    rate: float
+    burst: float
+    retry_after: Optional[str]
+
+
+class _TokenBucket:
+    """One API key's allowance: refills at ``rate`` tokens/s up to ``burst``; a request costs 1.
+
+    Not locked itself: the FakeSprig's lock is held around every use.
+    """
+
+    def __init__(self, limit: _RateLimit, now: float) -> None:
+        self.limit = limit
+        self.tokens = limit.burst  # a new key starts with a full bucket
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one; False means the request is throttled."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(self.limit.burst, self.tokens + elapsed * self.limit.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _check_seconds(name: str, value: float) -> float:
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+    return seconds
+
+
+def _check_latency(latency: float, jitter: float) -> tuple[float, float]:
+    latency = _check_seconds("latency", latency)
+    jitter = _check_seconds("jitter", jitter)
+    if jitter > latency:
+        # Keeps every delay >= 0 without clamping, so the mean stays ``latency``.
+        raise ValueError(f"jitter ({jitter:g} s) must not exceed latency ({latency:g} s)")
+    return latency, jitter
+
+
+def _make_rate_limit(
+    rate: Optional[float], burst: Optional[float], retry_after: Union[str, float, None]
+) -> Optional[_RateLimit]:
+    if rate is None:
+        if burst is not None or retry_after is not None:
+            raise ValueError("rate_limit_burst and rate_limit_retry_after need a rate_limit")
+        return None
+    rate = float(rate)
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"rate_limit must be a positive number of requests/s, got {rate!r}")
+    # One second's worth by default, and at least one request, or nothing would ever pass.
+    capacity = max(1.0, rate) if burst is None else float(burst)
+    if not math.isfinite(capacity) or capacity < 1:
+        raise ValueError(f"rate_limit_burst must be a number >= 1, got {burst!r}")
+    if retry_after is not None and not isinstance(retry_after, str):
+        _check_seconds("rate_limit_retry_after", retry_after)
+    return _RateLimit(rate, capacity, _format_retry_after(retry_after))
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -241,6 +317,21 @@ class FakeSprig:
     wrong key gets ``bad_key_status``. ``on_request`` is called (from a server thread)
     with each request once it is recorded. All accessors return copies, so they are
     safe to read while the server runs.
+
+    Distance: with ``latency`` every request (Sprig's ``/v2`` and Segment's ``/v1/batch``
+    alike) is answered ``latency`` seconds after it was read, plus or minus a uniformly
+    drawn ``jitter`` (``0 <= jitter <= latency``): the round trip to a server that far
+    away. Connections are served in parallel, each waiting on its own, so a client with
+    many requests in flight gets them all back after about one latency.
+
+    Rate limit: with ``rate_limit`` (requests per second) each API key (each distinct
+    ``Authorization`` header) has a token bucket holding ``rate_limit_burst`` tokens
+    (default: one second's worth, at least 1) that refills at ``rate_limit`` tokens/s. A
+    ``/v2`` request that passes the auth check and finds the bucket empty is answered
+    ``429 {"error": "Too Many Requests"}``, with ``Retry-After: <rate_limit_retry_after>``
+    only if that is set, and changes no stored data; :attr:`throttled` counts these.
+    Segment's ``/v1/batch`` is never rate limited. Both are settings: :meth:`set_latency`
+    and :meth:`set_rate_limit` change them, and :meth:`reset` keeps them.
     """
 
     def __init__(
@@ -251,11 +342,22 @@ class FakeSprig:
         *,
         bad_key_status: int = 401,
         on_request: Optional[Callable[[RecordedRequest], None]] = None,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        rate_limit: Optional[float] = None,
+        rate_limit_burst: Optional[float] = None,
+        rate_limit_retry_after: Union[str, float, None] = None,
     ) -> None:
         self.api_key = api_key
         self.host = host
         self.bad_key_status = bad_key_status
         self._on_request = on_request
+        self._latency, self._jitter = _check_latency(latency, jitter)
+        self._rate_limit = _make_rate_limit(rate_limit, rate_limit_burst, rate_limit_retry_after)
+        self._buckets: dict[str, _TokenBucket] = {}
+        self._throttled = 0
+        # Its own generator: jitter draws neither disturb nor depend on the global one.
+        self._random = random.Random()
         self._port = port
         self._lock = threading.Lock()
         # Notified whenever a request is recorded, so waiters need not poll.
@@ -418,11 +520,60 @@ class FakeSprig:
             self._faults.append(fault)
 
     def set_delay(self, seconds: float) -> None:
-        """Delay every response by ``seconds`` (a slow server); 0 turns it off."""
+        """Delay every response by ``seconds`` (a slow server); 0 turns it off.
+
+        A fault: it adds to the latency and :meth:`reset` clears it.
+        """
         if seconds < 0:
             raise ValueError("seconds must not be negative")
         with self._lock:
             self._delay = float(seconds)
+
+    # -- simulated distance and rate limit ------------------------------------------------
+
+    def set_latency(self, seconds: float, jitter: float = 0.0) -> None:
+        """Answer every request after ``seconds`` +/- uniform ``jitter``; 0 turns it off.
+
+        Applies to requests read from now on. ``jitter`` must be between 0 and ``seconds``.
+        """
+        latency, spread = _check_latency(seconds, jitter)
+        with self._lock:
+            self._latency, self._jitter = latency, spread
+
+    def set_rate_limit(
+        self,
+        rate: Optional[float],
+        burst: Optional[float] = None,
+        retry_after: Union[str, float, None] = None,
+    ) -> None:
+        """Limit each API key to ``rate`` requests/s (bursts of ``burst``); None turns it off.
+
+        ``burst`` defaults to one second's worth (``max(1, rate)``). Throttled requests get
+        429, with ``Retry-After: <retry_after>`` only if given (seconds or an HTTP date).
+        Every key's bucket starts full again.
+        """
+        limit = _make_rate_limit(rate, burst, retry_after)
+        with self._lock:
+            self._rate_limit = limit
+            self._buckets.clear()
+
+    @property
+    def latency(self) -> float:
+        """The simulated latency in seconds (0: none)."""
+        with self._lock:
+            return self._latency
+
+    @property
+    def jitter(self) -> float:
+        """How far each request's latency may be off :attr:`latency`, in seconds."""
+        with self._lock:
+            return self._jitter
+
+    @property
+    def throttled(self) -> int:
+        """How many requests the rate limit answered with 429 (since start or reset)."""
+        with self._lock:
+            return self._throttled
 
     def blackhole(self, on: bool = True) -> None:
         """Read and record requests but never answer them while on.
@@ -442,8 +593,14 @@ class FakeSprig:
             self._redirect = url
 
     def reset(self) -> None:
-        """Forget recorded requests, users, purges and messages, and clear every fault."""
+        """Forget recorded requests, users, purges and messages, and clear every fault.
+
+        The latency and the rate limit stay as set; every bucket starts full again and
+        :attr:`throttled` goes back to 0.
+        """
         with self._lock:
+            self._buckets.clear()
+            self._throttled = 0
             self._records.clear()
             self._users.clear()
             self._purges.clear()
@@ -511,7 +668,11 @@ class FakeSprig:
                             self._faults.remove(candidate)
                         break
             delay = self._delay + (fault.delay if fault else 0.0)
-            return _Ticket(self._seq, request, blackholed, fault, delay, body_error)
+            if self._latency > 0:
+                delay += self._latency
+                if self._jitter > 0:
+                    delay += self._random.uniform(-self._jitter, self._jitter)
+            return _Ticket(self._seq, request, blackholed, fault, max(0.0, delay), body_error)
 
     def _record(self, ticket: _Ticket, status: int) -> None:
         """Store the request with its final status (the caller holds the lock)."""
@@ -582,6 +743,9 @@ class FakeSprig:
         denied = self._check_auth(request.headers)
         if denied is not None:
             return denied
+        throttled = self._throttle(request.headers)
+        if throttled is not None:
+            return throttled
         if ticket.body_error is not None:
             return _error(400, ticket.body_error)
         if path == _USERS_PATH:
@@ -613,6 +777,25 @@ class FakeSprig:
             message = "Forbidden" if self.bad_key_status == 403 else "Unauthorized"
             return _error(self.bad_key_status, message)
         return None
+
+    def _throttle(self, headers: dict[str, str]) -> Optional[_Reply]:
+        """The 429 for a request over its key's rate limit, or None (the caller holds the lock).
+
+        Decided when the request is answered, as a server that far away would.
+        """
+        limit = self._rate_limit
+        if limit is None:
+            return None
+        key = headers.get("authorization", "")
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _TokenBucket(limit, now)
+        if bucket.take(now):
+            return None
+        self._throttled += 1
+        extra = () if limit.retry_after is None else (("Retry-After", limit.retry_after),)
+        return _json_reply(_THROTTLED_STATUS, {"error": "Too Many Requests"}, extra)
 
     def _upsert(self, body: Any) -> _Reply:
         invalid = _validate_user(body)
@@ -836,7 +1019,9 @@ class _Server(ThreadingHTTPServer):
     """ThreadingHTTPServer that tracks its connections so stop() can close them all."""
 
     daemon_threads = True
-    request_queue_size = 64
+    # The listen backlog: benchmarks open 64+ keep-alive connections at once, and a full
+    # backlog makes clients wait for SYN retransmits (a second or more) or fail.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], sprig: FakeSprig) -> None:
         if ":" in address[0]:
@@ -885,16 +1070,54 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _describe_settings(
+    latency: float = 0.0,
+    jitter: float = 0.0,
+    rate_limit: Optional[float] = None,
+    rate_limit_burst: Optional[float] = None,
+    rate_limit_retry_after: Union[str, float, None] = None,
+) -> list[str]:
+    """The lines :func:`serve` prints about the simulated latency and rate limit (if any)."""
+    lines: list[str] = []
+    if latency > 0:
+        spread = f" +/- {jitter * 1000:g} ms" if jitter > 0 else ""
+        lines.append(f"Latency: every request is answered after {latency * 1000:g} ms{spread}")
+    limit = _make_rate_limit(rate_limit, rate_limit_burst, rate_limit_retry_after)
+    if limit is not None:
+        over = (
+            "429 without Retry-After"
+            if limit.retry_after is None
+            else f"429 with Retry-After: {limit.retry_after}"
+        )
+        lines.append(
+            f"Rate limit: {limit.rate:g} requests/s per API key, bursts of up to "
+            f"{limit.burst:g}; over it, {over} (Segment's /v1/batch is not limited)"
+        )
+    return lines
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
     api_key: Optional[str] = None,
     out: Optional[TextIO] = None,
+    *,
+    latency: float = 0.0,
+    jitter: float = 0.0,
+    rate_limit: Optional[float] = None,
+    rate_limit_burst: Optional[float] = None,
+    rate_limit_retry_after: Union[str, float, None] = None,
 ) -> None:
     """Run a fake Sprig in the foreground until KeyboardInterrupt (Ctrl-C).
 
-    Prints the URL, then one line per request (method, path, status; ``-`` when no
-    answer was sent) to ``out`` (default: ``sys.stdout``).
+    Prints the URL, a line for each simulated condition (latency, rate limit; see
+    :class:`FakeSprig` for the options), then one line per request (method, path, status;
+    ``-`` when no answer was sent) to ``out`` (default: ``sys.stdout``). Invalid options
+    raise ValueError before anything is bound.
+
+    Ctrl-C works through Python's SIGINT handler, which Python does not install when the
+    process starts with SIGINT ignored (as a shell without job control starts ``cmd &``):
+    such a process is stopped with SIGTERM instead.
     """
     stream = sys.stdout if out is None else out
     print_lock = threading.Lock()
@@ -910,10 +1133,25 @@ def serve(
     def on_request(record: RecordedRequest) -> None:
         emit(f"{record.method} {record.path} {record.status or '-'}")
 
-    sprig = FakeSprig(api_key, host, port, on_request=on_request)
+    settings = _describe_settings(
+        latency, jitter, rate_limit, rate_limit_burst, rate_limit_retry_after
+    )
+    sprig = FakeSprig(
+        api_key,
+        host,
+        port,
+        on_request=on_request,
+        latency=latency,
+        jitter=jitter,
+        rate_limit=rate_limit,
+        rate_limit_burst=rate_limit_burst,
+        rate_limit_retry_after=rate_limit_retry_after,
+    )
     sprig.start()
     try:
         emit(f"Fake Sprig listening on {sprig.url} (Ctrl-C to stop)")
+        for line in settings:
+            emit(line)
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
