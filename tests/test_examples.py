@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -127,3 +130,90 @@ def test_flask_app_refuses_half_a_configuration(
     monkeypatch.setenv("SPRIG_API_KEY", "only-sprig")
     with pytest.raises(RuntimeError, match="both SEGMENT_WRITE_KEY and SPRIG_API_KEY"):
         flask_example.create_app()
+
+
+def documented_curl(module: ModuleType) -> List[str]:
+    """The curl command of the module's docstring, as a shell would split it."""
+    doc = module.__doc__ or ""
+    start = doc.index("curl ")
+    command = doc[start:].split("\n\n")[0]
+    return shlex.split(command.replace("\\\n", " "))
+
+
+def parse_curl(argv: List[str]) -> Tuple[str, str, Dict[str, str], str]:
+    """(method, url, headers, body) of a curl command using -X, -H and -d only."""
+    assert argv[0] == "curl"
+    method, url, headers, body = "GET", "", {}, ""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "-X":
+            method = next(args)
+        elif arg == "-H":
+            name, _, value = next(args).partition(":")
+            headers[name.strip()] = value.strip()
+        elif arg == "-d":
+            body = next(args)
+            method = "POST" if method == "GET" else method
+        else:
+            assert not arg.startswith("-"), f"unexpected curl option {arg}"
+            url = arg
+    return method, url, headers, body
+
+
+def test_flask_docstring_curl_command_works_as_printed(
+    flask_example: ModuleType, sprig: FakeSprig
+) -> None:
+    method, url, headers, body = parse_curl(documented_curl(flask_example))
+    assert url.startswith("http://127.0.0.1:5000/")  # where both documented servers listen
+    assert "gunicorn --preload --workers 2 --bind 127.0.0.1:5000 examples.flask_app:app" \
+        in (flask_example.__doc__ or "")
+    app = flask_example.create_app(segment_write_key="wk", segment_host=sprig.url,
+                                   sprig_api_key="flask-key", sprig_endpoint=sprig.url)
+    try:
+        response = app.test_client().open(url.split("5000", 1)[1], method=method,
+                                          headers=headers, data=body)
+        assert response.status_code == 201, response.get_data(as_text=True)
+        assert app.extensions["analytics"].flush(timeout=10) is True
+        user_id = json.loads(body)["user_id"]
+        assert sprig.users[user_id]["emailAddress"] == json.loads(body)["email"]
+        assert response.headers["X-Worker-PID"] == str(os.getpid())
+    finally:
+        app.extensions["analytics_shutdown"]()
+
+
+def test_flask_app_reads_hosts_and_keys_from_the_environment(
+    flask_example: ModuleType, sprig: FakeSprig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeSprig() as segment:
+        monkeypatch.setenv("SEGMENT_WRITE_KEY", "env-write-key")
+        monkeypatch.setenv("SEGMENT_HOST", segment.url)
+        monkeypatch.setenv("SPRIG_API_KEY", "flask-key")
+        monkeypatch.setenv("SPRIG_ENDPOINT", sprig.url)
+        monkeypatch.setenv("ANALYTICS_SHUTDOWN_TIMEOUT", "3")
+        assert flask_example._app is None  # importing the module built nothing
+        app = flask_example.app  # what gunicorn's examples.flask_app:app looks up
+        try:
+            assert flask_example.app is app  # built once
+            assert app.extensions["fake_sprig"] is None
+            analytics = app.extensions["analytics"]
+            assert (analytics.write_key, analytics.host) == ("env-write-key", segment.url)
+            client = app.test_client()
+            assert client.post("/orders", json={"user_id": "u-env", "total": 5}).status_code \
+                == 201
+            assert analytics.flush(timeout=10) is True
+            assert [m["event"] for m in segment.segment_messages] == [
+                "Order Completed", "Payment Method Saved"]
+            assert [e["event"] for e in sprig.users["u-env"]["eventLog"]] == ["Order Completed"]
+            started = time.monotonic()
+            sprig.blackhole()
+            client.post("/orders", json={"user_id": "u-late"})
+            assert sprig.wait_for_requests(2, timeout=5)
+            app.extensions["analytics_shutdown"]()  # the atexit handler
+            assert time.monotonic() - started < 3 + 1  # ANALYTICS_SHUTDOWN_TIMEOUT + 1 s
+            assert app.extensions["sprig"].stats()["dropped_shutdown"] == 1
+        finally:
+            sprig.blackhole(False)
+            app.extensions["analytics_shutdown"]()
+            flask_example._app = None
+    with pytest.raises(AttributeError):
+        flask_example.not_an_attribute  # noqa: B018
