@@ -11,7 +11,12 @@ undoes it)::
     analytics.add_plugin(SprigDestination(api_key="SPRIG_API_KEY"))
     analytics.track("user-1", "Order Completed", {"total": 10})
     analytics.shutdown()
+
+The library logs to the ``analytics_sprig`` logger only, which has a ``NullHandler``: nothing
+is printed unless the application configures logging.
 """
+
+import logging
 
 from ._errors import (
     ConfigurationError,
@@ -49,5 +54,9 @@ __all__ = [
     "pipeline_of",
     "uninstall",
 ]
+
+# Python's logging HOWTO for libraries: add only a NullHandler, so that in an app that
+# configured no logging the last-resort handler does not print the library's warnings.
+logging.getLogger("analytics_sprig").addHandler(logging.NullHandler())
 
 install()

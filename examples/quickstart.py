@@ -1,8 +1,9 @@
 """Quickstart: Segment's analytics-python with the Sprig destination, in one file.
 
 Runs with no account and no network: a local fake stands in for both Segment's API and
-Sprig's (``analytics_sprig.testing.FakeSprig``, on 127.0.0.1). Then it prints, side by
-side, what Segment received and what Sprig received.
+Sprig's (``analytics_sprig.testing.FakeSprig``, on 127.0.0.1). Then it prints what Segment
+received and what Sprig received: side by side on a terminal of 150 columns or more, one
+after the other on a narrower one.
 
     python examples/quickstart.py
 
@@ -47,8 +48,9 @@ def main() -> None:
 
         analytics.flush()  # Segment's queue and every plugin's, blocking until sent
 
-        print("Quickstart: the calls above went through analytics-python with SprigDestination,")
-        print(f"to local fakes of Segment's and Sprig's APIs at {local.url}.\n")
+        print("Quickstart: the calls in examples/quickstart.py went through analytics-python")
+        print(f"with SprigDestination, to local fakes of Segment's and Sprig's APIs at "
+              f"{local.url}.\n")
         print_report(local, sprig)
 
         # --- at exit -----------------------------------------------------------------

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from analytics_sprig import cli
-from analytics_sprig.cli import _replay
+from analytics_sprig.cli import _progress, _replay
 from analytics_sprig.cli._demo import DEMO_API_KEY, computed_requests
 from analytics_sprig.sprig._routing import skip_reason
 from analytics_sprig.testing import FakeSprig
@@ -244,7 +244,7 @@ def test_replay_skips_bad_lines_and_delivers_the_good_ones(
     assert replay(sprig, str(export)) == 0
     out, err = capsys.readouterr()
     assert "line 3: skipped, invalid JSON" in err
-    assert "line 4: skipped, not a JSON object (a list)" in err
+    assert "line 4: skipped, not a JSON object (an array)" in err
     assert 'line 6: skipped, no "type" field' in err
     assert "line 5" not in err  # a blank line is not an error
     assert sprig_bodies(sprig) == EXPECTED_BODIES
@@ -302,7 +302,7 @@ def test_replay_exits_1_when_sprig_rejects_a_message(
     out, _ = capsys.readouterr()
     assert re.search(r"failed\s+2", out)  # the first request carried u-1's two messages
     assert re.search(r"delivered\s+2\s+in 3 requests", out)
-    assert "2 x Sprig answered HTTP 400: bad event" in out
+    assert "2 messages: Sprig answered HTTP 400: bad event" in out
     assert sprig_bodies(sprig)[1:] == EXPECTED_BODIES[1:]
 
 
@@ -396,7 +396,7 @@ def test_purge_of_250_ids_makes_3_requests(
     assert [i for b in bodies for i in b["userIds"]] == ids
     assert all(set(b) == {"userIds"} for b in bodies)  # no delay given: Sprig's default
     assert len(UUID.findall(out)) == 3
-    assert "Submitted 250 user ids and 0 emails in 3 requests" in out
+    assert "Submitted 250 user ids in 3 requests; Sprig deletes them after its default" in out
 
 
 def test_purge_ids_and_emails_with_a_delay(
@@ -412,7 +412,8 @@ def test_purge_ids_and_emails_with_a_delay(
         {"userIds": ["u-1", "u-2"], "emails": ["a@example.com"], "delaySeconds": 0}
     ]
     assert "u-1" not in sprig.users  # delaySeconds 0: deleted at once
-    assert "after 0 seconds" in capsys.readouterr().out
+    assert ("Submitted 2 user ids and 1 email in 1 request; Sprig deletes them with no delay."
+            in capsys.readouterr().out)
 
 
 def test_purge_reports_what_was_accepted_before_a_failure(
@@ -428,7 +429,7 @@ def test_purge_reports_what_was_accepted_before_a_failure(
     out, err = capsys.readouterr()
     assert len(UUID.findall(out)) == 1
     assert "purge request 2/3 failed: Sprig answered HTTP 400: ids not found" in err
-    assert "1 earlier request(s) for 100 visitors were accepted" in err
+    assert "1 earlier request for 100 visitors was accepted" in err
     assert len(sprig_bodies(sprig, PURGE)) == 2  # stopped at the failure
 
 
@@ -506,7 +507,7 @@ def test_serve_fake_on_a_busy_port_fails_cleanly(capsys: pytest.CaptureFixture[s
 def test_the_plain_progress_counter_keeps_notes_readable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    progress = _replay._CounterProgress(total=1000)
+    progress = _progress.CounterProgress(total=1000)
     progress.update(10, 500, 3, force=True)
     progress.note("line 7: skipped, invalid JSON")
     progress.close()

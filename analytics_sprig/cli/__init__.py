@@ -3,251 +3,54 @@
 Commands:
 
 - ``demo``: a realistic session through analytics-python and :class:`SprigDestination`,
-  against local fakes of Segment's and Sprig's APIs; prints both sides next to each other.
+  against local fakes of Segment's and Sprig's APIs; prints what each side received.
 - ``replay FILE``: forward Segment messages from a JSON-lines export to Sprig, through the
   destination's routing, mapping, coalescing and delivery (``--dry-run`` prints instead).
 - ``purge``: privacy deletion of visitors by user id or email.
 - ``serve-fake``: run the local fake Sprig server in the foreground.
 
 Exit codes: 0 success; 1 something failed (messages failed or dropped, a purge request
-failed, the API key was rejected); 2 usage error (bad option, missing API key, invalid
-endpoint, unreadable file); 130 interrupted. The API key is never printed.
+failed, the API key was rejected, the input held no message); 2 usage error (bad option,
+missing API key, invalid endpoint, unreadable input); 130 interrupted. The API key is never
+printed, and no input makes a command print a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-import textwrap
 import threading
 from types import FrameType
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional
 
-from .._errors import ConfigurationError, SprigAuthError, SprigError
+from .._errors import ConfigurationError, SprigError
 from .._version import __version__
-from ..sprig._api import DEFAULT_ENDPOINT, purge_chunks, validate_endpoint
-from ..sprig._destination import SprigDestination
+from ..sprig._api import DEFAULT_ENDPOINT
 from ..testing import fake_server
-from ._demo import (
-    DEMO_USER,
-    NEW_USER,
-    DemoResult,
-    print_report,
-    render_report,
-    run_session,
-    terminal_width,
-)
-from ._replay import (
+from . import _demo_cmd, _purge, _replay
+from ._common import (
+    API_KEY_ENV,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
     UsageError,
-    _make_progress,
-    _open_input,
-    _plural,
-    _Replay,
-    _replay_dry,
-    _replay_live,
-    _replay_summary,
 )
+from ._common import err as _err
+from ._common import note as _note
+from ._common import say as _say
+from ._demo import print_report
 
 __all__ = ["main", "print_report"]
 
-PROG = "analytics-sprig"
-API_KEY_ENV = "SPRIG_API_KEY"
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-def _err(text: str) -> None:
-    print(f"{PROG}: error: {text}", file=sys.stderr)
-
-
-def _note(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-def _api_key(given: Optional[str], *, required: bool = True) -> Optional[str]:
-    key = given or os.environ.get(API_KEY_ENV) or None
-    if key is None and required:
-        raise UsageError(f"no Sprig API key: pass --api-key or set {API_KEY_ENV}")
-    return key
-
-
-# -- demo -----------------------------------------------------------------------------------
-
-
-def _ask_real_sprig(endpoint: str) -> bool:
-    sys.stderr.write(
-        f"{API_KEY_ENV} is set. Send the demo session to your real Sprig environment "
-        f"({endpoint}) instead of the local fake?\n"
-        f"It creates the demo visitors {DEMO_USER} and {NEW_USER} there. [y/N] "
-    )
-    sys.stderr.flush()
-    try:
-        answer = sys.stdin.readline()
-    except (EOFError, KeyboardInterrupt, OSError):
-        return False
-    return answer.strip().lower() in ("y", "yes")
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    endpoint = validate_endpoint(args.endpoint)
-    real_key: Optional[str] = None
-    env_key = os.environ.get(API_KEY_ENV)
-    if env_key:
-        if sys.stdin is not None and sys.stdin.isatty():
-            if _ask_real_sprig(endpoint):
-                real_key = env_key
-        else:
-            _note(f"{API_KEY_ENV} is set: run `{PROG} demo` in an interactive terminal to be "
-                  "offered to send the demo to your real Sprig environment. Using the local "
-                  "fake.")
-    result: DemoResult = run_session(real_key, endpoint=endpoint)
-    if args.json:
-        print(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
-    else:
-        if real_key:
-            intro = ("analytics-sprig demo: the session went through analytics-python with "
-                     "SprigDestination. Segment's API is a local fake; Sprig's is "
-                     f"{endpoint}.")
-            label = "What was sent to Sprig"
-        else:
-            intro = ("analytics-sprig demo: the session went through analytics-python with "
-                     "SprigDestination. Segment's and Sprig's APIs are local fakes on "
-                     "127.0.0.1: no account needed, nothing left this machine.")
-            label = "What Sprig received"
-        width = terminal_width()
-        print("\n".join(textwrap.wrap(intro, max(40, min(width, 120)))))
-        print()
-        sys.stdout.write(render_report(result.segment_messages, result.sprig_requests,
-                                       result.stats, width=width,
-                                       layout=args.layout, sprig_label=label))
-        if real_key:
-            extra = "" if endpoint == DEFAULT_ENDPOINT else f" --endpoint {endpoint}"
-            print(f"\nTo delete the demo visitors from Sprig: {PROG} purge "
-                  f"--user-id {DEMO_USER} --user-id {NEW_USER} --delay-seconds 0{extra}")
-    sys.stdout.flush()
-    failed = result.stats.get("failed", 0) + result.stats.get("dropped", 0)
-    if failed:
-        _err(f"{failed} message(s) did not reach Sprig (see the stats above)")
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-# -- replay ---------------------------------------------------------------------------------
-
-
-def _cmd_replay(args: argparse.Namespace) -> int:
-    args.endpoint = validate_endpoint(args.endpoint)
-    api_key = None if args.dry_run else _api_key(args.api_key)  # fail before reading anything
-    state = _Replay()
-    with _open_input(args.file) as (stream, size):
-        progress = _make_progress(args.progress, size)
-        try:
-            if args.dry_run:
-                _note(f"Dry run: the requests below would go to {args.endpoint}; nothing is "
-                      "sent.")
-                stats = _replay_dry(state, stream, progress)
-            else:
-                assert api_key is not None
-                stats = _replay_live(state, stream, progress, api_key=api_key,
-                                     endpoint=args.endpoint, max_retries=args.max_retries,
-                                     max_requests_per_second=args.max_requests_per_second)
-        finally:
-            progress.close()
-    summary = "\n".join(_replay_summary(state, stats, args.dry_run))
-    # With --dry-run stdout carries only the requests, so the summary goes to stderr.
-    print(summary, file=sys.stderr if args.dry_run else sys.stdout)
-    if state.interrupted:
-        return EXIT_INTERRUPTED
-    if state.auth_failed.is_set():
-        _err(f"Sprig rejected the API key; check --api-key or {API_KEY_ENV}")
-        return EXIT_FAILED
-    if stats.get("failed", 0) or stats.get("dropped", 0):
-        return EXIT_FAILED
-    if args.strict and state.malformed:
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-# -- purge ----------------------------------------------------------------------------------
-
-
-def _read_list(path: str) -> List[str]:
-    """One value per line; blank lines and ``#`` comments are ignored; ``-`` is stdin."""
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8-sig") as handle:
-                text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise UsageError(f"cannot read {path}: {reason}") from None
-    values = []
-    for line in text.splitlines():
-        value = line.strip()
-        if value and not value.startswith("#"):
-            values.append(value)
-    return values
-
-
-def _unique(values: Sequence[str]) -> List[str]:
-    return list(dict.fromkeys(values))
-
-
-def _cmd_purge(args: argparse.Namespace) -> int:
-    user_ids = list(args.user_id or [])
-    emails = list(args.email or [])
-    for path in args.ids_file or []:
-        user_ids.extend(_read_list(path))
-    for path in args.emails_file or []:
-        emails.extend(_read_list(path))
-    user_ids, emails = _unique(user_ids), _unique(emails)
-    if not user_ids and not emails:
-        raise UsageError("nothing to purge: give --user-id, --email, --ids-file or "
-                         "--emails-file")
-    api_key = _api_key(args.api_key)
-    assert api_key is not None
-    destination = SprigDestination(api_key, endpoint=args.endpoint, max_retries=args.max_retries)
-    chunks = purge_chunks(user_ids, emails)
-    request_ids: List[str] = []
-    try:
-        for index, chunk in enumerate(chunks, 1):
-            count = sum(len(values) for values in chunk.values())
-            try:
-                got = destination.purge(
-                    user_ids=chunk.get("userIds", []),
-                    emails=chunk.get("emails", []),
-                    delay_seconds=args.delay_seconds,
-                )
-            except SprigError as exc:
-                done = sum(sum(len(v) for v in c.values()) for c in chunks[: index - 1])
-                hint = ""
-                if isinstance(exc, SprigAuthError):
-                    hint = (" (the API key is wrong or revoked, or belongs to another Sprig "
-                            "environment)")
-                _err(f"purge request {index}/{len(chunks)} failed: {exc}{hint}")
-                if index > 1:
-                    _note(f"{index - 1} earlier request(s) for {done} visitors were accepted "
-                          "(request ids above); re-running the same purge is safe.")
-                return EXIT_FAILED
-            request_id = got[0] if got else "(none given)"
-            request_ids.extend(got)
-            print(f"request {index}/{len(chunks)}: {count} visitors -> request id {request_id}")
-            sys.stdout.flush()
-    finally:
-        destination.shutdown(timeout=1.0)
-    when = ("its default delay (10 days)" if args.delay_seconds is None
-            else _plural(args.delay_seconds, "second"))
-    print(f"Submitted {_plural(len(user_ids), 'user id')} and {_plural(len(emails), 'email')} "
-          f"in {_plural(len(chunks), 'request')}; Sprig deletes them after {when}.")
-    return EXIT_OK
+# Each command lives in its own module: demo in _demo_cmd (report in _demo), replay in
+# _replay (input in _input, progress display in _progress), purge in _purge; serve-fake,
+# the parser and main() are here; _common holds what they share.
 
 
 # -- serve-fake -----------------------------------------------------------------------------
@@ -341,13 +144,22 @@ def _port(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a message that stderr cannot encode is escaped, not a traceback."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            _say(message.rstrip("\n"), sys.stderr if file is None else file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``analytics-sprig`` command."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more (-v: warnings and retries, -vv: debug)")
+                        help="log more of the library's log on stderr (default: errors; "
+                             "-v: warnings and info, -vv: debug, each retry included)")
 
-    sprig = argparse.ArgumentParser(add_help=False)
+    sprig = _Parser(add_help=False)
     sprig.add_argument("--api-key", metavar="KEY",
                        help=f"Sprig API key (default: ${API_KEY_ENV}; prefer the variable, "
                             "command lines are visible to other users)")
@@ -356,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sprig.add_argument("--max-retries", type=_non_negative_int, default=10, metavar="N",
                        help="retries per request on 408/429/5xx/network errors (default: 10)")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Tools for analytics-sprig: a demo, replaying Segment exports to Sprig, "
                     "privacy purges, and a local fake Sprig server.",
@@ -377,15 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the Sprig API used if you choose to send to your real Sprig "
                            f"(default: {DEFAULT_ENDPOINT})")
     demo.add_argument("--layout", choices=("auto", "columns", "sections"), default="auto",
-                      help="side by side, or one after the other (default: by terminal width)")
-    demo.set_defaults(func=_cmd_demo)
+                      help="side by side, or one after the other (default: side by side on "
+                           "a terminal of 150 columns or more)")
+    demo.set_defaults(func=_demo_cmd.run)
 
     replay = commands.add_parser(
         "replay", parents=[common, sprig], help="forward a JSON-lines Segment export to Sprig",
         description="Forward Segment messages (one JSON object per line, as Segment's exports "
-                    "write them; .gz files are read too) to Sprig through SprigDestination's "
-                    "routing, mapping, coalescing and delivery. Malformed lines are reported "
-                    "with their line numbers and skipped.",
+                    "write them; gzip-compressed data is recognised and read too) to Sprig "
+                    "through SprigDestination's routing, mapping, coalescing and delivery. "
+                    "Malformed lines are reported with their line numbers and skipped.",
     )
     replay.add_argument("file", metavar="FILE", help="JSON-lines file, or - for stdin")
     replay.add_argument("--dry-run", action="store_true",
@@ -397,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pace requests to Sprig (its documented limit is 1000 per 5 "
                              "minutes per key, about 3.3 per second; default: no pacing)")
     replay.add_argument("--strict", action="store_true",
-                        help="exit 1 when there were malformed lines")
-    replay.set_defaults(func=_cmd_replay)
+                        help="exit 1 when there was a malformed line")
+    replay.set_defaults(func=_replay.run)
 
     purge = commands.add_parser(
         "purge", parents=[common, sprig], help="delete visitors from Sprig (privacy requests)",
@@ -413,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="file with one email per line (- for stdin)")
     purge.add_argument("--delay-seconds", type=_non_negative_int, metavar="N",
                        help="delete after N seconds (default: Sprig's, 10 days)")
-    purge.set_defaults(func=_cmd_purge)
+    purge.set_defaults(func=_purge.run)
 
     serve = commands.add_parser(
         "serve-fake", parents=[common], help="run the local fake Sprig server",
@@ -452,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _logging(verbosity: int) -> Iterator[None]:
-    """Show the library's log on stderr for the command's duration (errors only, by default)."""
+    """Show the library's log on stderr for the command's duration (errors only, by default).
+
+    The library itself only logs to the ``analytics_sprig`` logger (with a NullHandler); the
+    command line is an application, so it adds its own stderr handler.
+    """
     logger = logging.getLogger("analytics_sprig")
     level = logging.ERROR if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
@@ -460,8 +277,8 @@ def _logging(verbosity: int) -> Iterator[None]:
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
     previous = logger.level
     logger.addHandler(handler)
-    if verbosity >= 2:
-        logger.setLevel(logging.DEBUG)
+    if verbosity >= 1:
+        logger.setLevel(level)  # the logger's own level would otherwise stop INFO and DEBUG
     try:
         yield
     finally:
@@ -499,6 +316,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             with contextlib.suppress(OSError, ValueError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FAILED
+        except Exception as exc:
+            # A bug, not an input problem: still one line, with the traceback only on -vv.
+            logging.getLogger("analytics_sprig").debug("internal error", exc_info=True)
+            _err(f"internal error: {type(exc).__name__}: {exc} (run with -vv for the "
+                 "traceback, and please report it)")
             return EXIT_FAILED
 
 

@@ -1,18 +1,20 @@
-"""The ``analytics-sprig demo`` command: a realistic session, and a report of both sides.
+"""The demo session of ``analytics-sprig demo``, and the report of both sides.
 
 A :class:`~analytics_sprig.testing.FakeSprig` on 127.0.0.1 stands in for Segment's
 ``/v1/batch`` and for Sprig's ``/v2`` API, so the real analytics-python ``Client`` with a
 real :class:`~analytics_sprig.SprigDestination` runs end to end with no account and no
-traffic leaving the machine. The report puts what Segment received next to what Sprig
-received, so the routing (opt-outs, types, anonymous calls) and the mapping can be seen.
+traffic leaving the machine. The report shows what Segment received and what Sprig
+received (side by side on a terminal of at least :data:`COLUMNS_MIN_WIDTH` columns, else one
+after the other), so the routing (opt-outs, types, anonymous calls) and the mapping can be
+seen. The command itself is in :mod:`._demo_cmd`.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import textwrap
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO
 
@@ -22,8 +24,10 @@ from ..pipeline._host import install
 from ..sprig._api import DEFAULT_ENDPOINT
 from ..sprig._destination import SprigDestination
 from ..sprig._mapping import coalesce, map_message
-from ..sprig._routing import INTEGRATION_NAMES, skip_reason
+from ..sprig._routing import DEFAULT_TYPES, INTEGRATION_NAMES, skip_reason
 from ..testing.fake_server import FakeSprig
+from ._common import compact as _compact
+from ._common import plural
 
 #: Keys used against the local fake only; they are never printed.
 DEMO_API_KEY = "demo-sprig-key"
@@ -37,9 +41,12 @@ ANONYMOUS_ID = "anon-5f1c9e"
 COLUMNS_MIN_WIDTH = 150
 _SEPARATOR = " | "
 
+#: The call types the destination sends by default, in Segment's order.
+_SENT_TYPES = [t for t in ("identify", "track", "page", "screen", "group", "alias")
+               if t in DEFAULT_TYPES]
 _SKIP_TEXT = {
     "integrations": "not sent: opted out of Sprig",
-    "type": "not sent: Sprig takes identify/track/page/alias",
+    "type": "not sent: Sprig takes " + "/".join(_SENT_TYPES),
     "anonymous": "not sent: no userId (Sprig requires one)",
 }
 _STATUS_TEXT = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
@@ -110,10 +117,6 @@ def computed_requests(messages: Iterable[Mapping[str, Any]]) -> List[SprigReques
 # -- rendering ------------------------------------------------------------------------------
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _who(message: Mapping[str, Any]) -> str:
     user_id = message.get("userId")
     if user_id:
@@ -147,7 +150,7 @@ def segment_entries(messages: Sequence[Mapping[str, Any]], width: int) -> List[L
         integrations = message.get("integrations") or {}
         if integrations:
             head += f"  integrations {_compact(integrations)}"
-        reason = skip_reason(message)
+        reason = _reason(message)
         route = "-> Sprig" if reason is None else _SKIP_TEXT.get(reason, f"not sent: {reason}")
         if len(head) + 2 + len(route) <= width:
             entries.append([f"{head}  {route}"])
@@ -221,32 +224,48 @@ def _fit(entries: List[List[str]], width: int) -> List[str]:
     return out
 
 
+def _reason(message: Mapping[str, Any]) -> Optional[str]:
+    reason = skip_reason(message)
+    return None if reason is None else str(getattr(reason, "value", reason))
+
+
 def _explain(messages: Sequence[Mapping[str, Any]], requests: Sequence[SprigRequestView]
              ) -> List[str]:
-    reasons = [skip_reason(m) for m in messages]
+    """What the routing did, in sentences whose counts match the report."""
+    reasons = [_reason(m) for m in messages]
     opted_out = [m for m, r in zip(messages, reasons) if r == "integrations"]
     names: List[str] = []
     for message in opted_out:
         integrations = message.get("integrations") or {}
         keys = [k for k in (*INTEGRATION_NAMES, "All") if integrations.get(k) is False]
-        names.extend(f'"{k}": false' for k in keys[:1])
-    sent = sum(1 for r in reasons if r is None)
-    lines = [
-        f"{len(opted_out)} calls opted out of Sprig ({', '.join(names)}) reached Segment "
-        "but not Sprig.",
-    ]
+        if keys and f'"{keys[0]}": false' not in names:
+            names.append(f'"{keys[0]}": false')
+    lines = []
+    if opted_out:
+        lines.append(f"{plural(len(opted_out), 'call')} opted out of Sprig "
+                     f"({', '.join(names)}) reached Segment but not Sprig.")
     others = []
-    if reasons.count("type"):
-        others.append(f"{reasons.count('type')} group call (Sprig takes identify, track, "
-                      "page and alias)")
-    if reasons.count("anonymous"):
-        others.append(f"{reasons.count('anonymous')} anonymous call (Sprig needs a userId)")
+    by_type = Counter(str(m.get("type")) for m, r in zip(messages, reasons) if r == "type")
+    if by_type:
+        kinds = ", ".join(plural(n, f"{kind} call") for kind, n in sorted(by_type.items()))
+        taken = ", ".join(_SENT_TYPES[:-1]) + " and " + _SENT_TYPES[-1]
+        others.append(f"{kinds} (Sprig takes {taken})")
+    anonymous = reasons.count("anonymous")
+    if anonymous:
+        others.append(f"{plural(anonymous, 'anonymous call')} (Sprig needs a userId)")
     if others:
         lines.append("Also kept from Sprig: " + "; ".join(others) + ".")
-    lines.append(
-        f"The other {sent} calls reached Sprig in {len(requests)} POST /v2/users requests: "
-        "calls for one user that wait together are coalesced into one request."
-    )
+    sent = reasons.count(None)
+    posts = plural(len(requests), "POST /v2/users request")
+    if sent == 0:
+        lines.append("No call reached Sprig.")
+    elif sent == 1:
+        lines.append(f"{'The other' if len(messages) > 1 else 'The'} call reached Sprig in "
+                     f"{posts}.")
+    else:
+        every = "The other" if sent < len(messages) else "All"
+        lines.append(f"{every} {sent} calls reached Sprig in {posts}: calls for one user that "
+                     "wait together are coalesced into one request.")
     return lines
 
 
@@ -261,8 +280,9 @@ def render_report(
 ) -> str:
     """The demo's text report: both sides (columns or sections), the stats, the routing."""
     columns = layout == "columns" or (layout == "auto" and width >= COLUMNS_MIN_WIDTH)
-    left_title = f"What Segment received (POST /v1/batch): {len(segment_messages)} messages"
-    right_title = f"{sprig_label} (POST /v2/users): {len(sprig_requests)} requests"
+    left_title = (f"What Segment received (POST /v1/batch): "
+                  f"{plural(len(segment_messages), 'message')}")
+    right_title = f"{sprig_label} (POST /v2/users): {plural(len(sprig_requests), 'request')}"
     out: List[str] = []
     if columns:
         col = max(40, (width - len(_SEPARATOR)) // 2)
@@ -301,7 +321,7 @@ def print_report(
     file: Optional[TextIO] = None,
     layout: str = "auto",
 ) -> None:
-    """Print what ``local`` received as Segment and as Sprig, next to each other.
+    """Print what ``local`` received as Segment and as Sprig (side by side when wide enough).
 
     For demos and examples wired like the quickstart: an analytics-python ``Client`` with
     ``host=local.url`` and a ``SprigDestination(endpoint=local.url)``, already flushed.

@@ -1,200 +1,77 @@
-"""The replay engine behind ``analytics-sprig replay``: stream a JSON-lines Segment export
-through :class:`SprigDestination` (or, for ``--dry-run``, through the same routing, mapping
-and coalescing without sending), with a progress display and a summary.
+"""``analytics-sprig replay``: stream a JSON-lines Segment export through
+:class:`SprigDestination` (or, for ``--dry-run``, through the same routing, mapping and
+coalescing without sending), with a progress display and a summary.
 
-The command line (:mod:`analytics_sprig.cli`) parses the arguments, calls these pieces and
-turns the outcome into an exit code; nothing here knows about ``argparse``.
+The pieces, kept apart so the delivery wiring can change without touching the rest:
+
+- reading and parsing: :mod:`._input` (files, stdin, gzip, per-line problems), driven by
+  :func:`_read_messages`, which records every input problem in :class:`_Replay`;
+- delivery: :func:`_replay_live` and :func:`_replay_dry`, which consume
+  :func:`_read_messages` and return the destination's ``stats()`` (or the same counters);
+- reporting: :func:`_replay_summary` and :func:`_exit_code`, from :class:`_Replay` and
+  those stats; :func:`run` ties them together for the command.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import importlib
-import json
-import os
 import sys
 import threading
 import time
 from collections import Counter
-from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple, cast
+from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from .._errors import SprigAuthError
+from .._errors import MessageDropped, SprigAuthError
+from ..sprig._api import validate_endpoint
 from ..sprig._destination import SprigDestination
 from ..sprig._mapping import coalesce, map_message
 from ..sprig._routing import SKIP_REASONS, skip_reason
+from ._common import (
+    API_KEY_ENV,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    api_key,
+    compact,
+    err,
+    numbered,
+    plural,
+    printable,
+)
+from ._input import InputError, open_input, parse_line, read_lines
+from ._progress import Progress, make_progress
 
-#: Replay hands the destination this many routed messages, then waits for them to be sent.
-#: Each chunk goes out in one send cycle, its messages coalesced per user (fewer requests
-#: against Sprig's rate limit), so ``--dry-run`` (which coalesces per chunk too) prints
-#: exactly the requests a real run makes.
+_Progress = Progress  # the name the delivery wiring below uses
+
+#: Replay plans this many messages at a time, coalesced per user (fewer requests against
+#: Sprig's rate limit), hands the requests to the destination and waits for them; the
+#: dry run plans the same chunks, so it prints exactly the requests a real run makes.
 REPLAY_CHUNK = 10000
+
+#: Malformed lines reported one by one; later ones are only counted (a binary file would
+#: otherwise print a line of stderr per newline byte).
+MAX_LINE_NOTES = 100
 
 _UNMAPPABLE = "unmappable"
 
 
-# UsageError and _plural live here, not in cli, because cli imports this module (and uses
-# both too); defining them there would make the import circular.
 
-
-class UsageError(Exception):
-    """A problem with how the command was called (exit code 2)."""
-
-
-def _plural(count: int, noun: str) -> str:
-    if count == 1:
-        return f"1 {noun}"
-    return f"{count} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-class _Progress:
-    """No progress display: notes go straight to stderr."""
-
-    def update(self, lines: int, position: int, sent: int, *, force: bool = False) -> None:
-        """Record progress: lines and bytes read, messages settled (sent, failed, dropped)."""
-
-    def note(self, text: str) -> None:
-        """Print a line on stderr without garbling the display."""
-        print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        """Remove the display."""
-
-
-class _CounterProgress(_Progress):
-    """A one-line counter on stderr, for terminals without ``rich``."""
-
-    def __init__(self, total: Optional[int]) -> None:
-        self._total = total
-        self._shown = 0.0
-        self._text = ""
-
-    def update(self, lines: int, position: int, sent: int, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._shown < 0.2 and not force:
-            return
-        self._shown = now
-        percent = f" ({100 * position // self._total}% of the file)" if self._total else ""
-        text = f"replaying: {lines} lines read{percent}, {sent} messages settled"
-        sys.stderr.write("\r" + text.ljust(len(self._text)))
-        sys.stderr.flush()
-        self._text = text
-
-    def note(self, text: str) -> None:
-        sys.stderr.write("\r" + " " * len(self._text) + "\r" + text + "\n")
-        if self._text:
-            sys.stderr.write(self._text)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._text:
-            sys.stderr.write("\r" + " " * len(self._text) + "\r")
-            sys.stderr.flush()
-
-
-class _RichProgress(_Progress):
-    """A ``rich`` progress bar (the ``cli`` extra) on stderr."""
-
-    def __init__(self, total: Optional[int]) -> None:
-        # Imported by name so the package type-checks and runs without the extra.
-        progress = importlib.import_module("rich.progress")
-        console = importlib.import_module("rich.console").Console(stderr=True)
-        self._progress: Any = progress.Progress(
-            progress.TextColumn("replaying"),
-            progress.BarColumn(),
-            progress.DownloadColumn(),
-            progress.TextColumn("{task.fields[lines]} lines read, "
-                                "{task.fields[sent]} messages settled"),
-            progress.TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            # stdout piped elsewhere (dry-run output) must not be drawn into the terminal.
-            redirect_stdout=sys.stdout.isatty(),
-        )
-        self._task = self._progress.add_task("replay", total=total, lines=0, sent=0)
-        self._shown = 0.0
-        self._progress.start()
-
-    def update(self, lines: int, position: int, sent: int, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._shown < 0.1 and not force:
-            return
-        self._shown = now
-        self._progress.update(self._task, completed=position, lines=lines, sent=sent)
-
-    def note(self, text: str) -> None:
-        self._progress.console.print(text, markup=False, highlight=False)
-
-    def close(self) -> None:
-        self._progress.stop()
-
-
-def _make_progress(enabled: bool, total: Optional[int]) -> _Progress:
-    if not enabled or not sys.stderr.isatty():
-        return _Progress()
-    try:
-        return _RichProgress(total)
-    except ImportError:
-        return _CounterProgress(total)
-
-
-@contextlib.contextmanager
-def _open_input(path: str) -> Iterator[Tuple[IO[bytes], Optional[int]]]:
-    """Open ``path`` (``-`` is stdin; ``.gz`` is decompressed); yield it and its size."""
-    if path == "-":
-        yield sys.stdin.buffer, None
-        return
-    try:
-        size: Optional[int] = os.path.getsize(path)
-        raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        if path.endswith(".gz"):
-            size = None  # the compressed size says little about progress
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield cast(IO[bytes], unzipped), size
-        else:
-            yield raw, size
-    finally:
-        raw.close()
-
-
-def _parse_line(raw: bytes, number: int) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """Return ``(message, None)``, ``(None, problem)`` or ``(None, None)`` for a blank line."""
-    try:
-        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-    except UnicodeDecodeError:
-        return None, "not UTF-8 text"
-    text = text.strip()
-    if not text:
-        return None, None
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        return None, f"invalid JSON ({exc})"
-    if not isinstance(message, dict):
-        return None, f"not a JSON object (a {type(message).__name__})"
-    kind = message.get("type")
-    if not isinstance(kind, str) or not kind:
-        return None, "no \"type\" field"
-    if message.get("timestamp") is None:
-        # Exports carry several times; the event time is what Sprig should see.
-        for key in ("originalTimestamp", "receivedAt", "sentAt"):
-            if message.get(key):
-                message["timestamp"] = message[key]
-                break
-    return message, None
+def _describe_error(exc: BaseException) -> str:
+    """What happened to the messages ``on_error`` got, without repeating their count."""
+    if isinstance(exc, MessageDropped):
+        if exc.reason == "shutdown":
+            return "dropped: still waiting to be sent when the replay stopped"
+        if exc.reason == "queue_full":
+            return "dropped: the destination's queue was full"
+        return f"dropped ({exc.reason})"
+    return str(exc) or type(exc).__name__
 
 
 class _Replay:
     """Counts and error bookkeeping for one replay run."""
 
     def __init__(self) -> None:
+        self.name = "the input"
         self.lines = 0
         self.blank = 0
         self.malformed: List[int] = []
@@ -204,6 +81,8 @@ class _Replay:
         self.settled = 0  # messages no longer pending
         self.stopped_at: Optional[int] = None
         self.interrupted = False
+        self.eof = False  # every line was read
+        self.input_error: Optional[str] = None  # why the input could not be read (on)
         self.errors: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.auth_failed = threading.Event()
@@ -211,33 +90,55 @@ class _Replay:
     def on_error(self, exc: BaseException, messages: List[Mapping[str, Any]]) -> None:
         """``SprigDestination`` ``on_error``: tally the reasons (called from its worker)."""
         with self._lock:
-            self.errors[str(exc)] += len(messages)
+            self.errors[_describe_error(exc)] += len(messages)
         if isinstance(exc, SprigAuthError):
             self.auth_failed.set()
+
+    def problem(self, number: int, text: str, progress: Progress) -> None:
+        """Count line ``number`` as malformed and report it (the first ones)."""
+        self.malformed.append(number)
+        if len(self.malformed) <= MAX_LINE_NOTES:
+            progress.note(f"line {number}: skipped, {text}")
+        if len(self.malformed) == MAX_LINE_NOTES:
+            progress.note(f"(more malformed lines are counted in the summary but not shown "
+                          f"one by one after the first {MAX_LINE_NOTES})")
 
 
 def _read_messages(
     stream: IO[bytes], state: _Replay, progress: _Progress
 ) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    for number, raw in enumerate(stream, 1):
-        state.lines = number
-        state.position += len(raw)
-        progress.update(number, state.position, state.settled)
-        message, problem = _parse_line(raw, number)
-        if problem is not None:
-            state.malformed.append(number)
-            progress.note(f"line {number}: skipped, {problem}")
-        elif message is None:
-            state.blank += 1
-        else:
-            state.messages += 1
-            yield number, message
+    """Yield ``(line number, message)``; record blank and malformed lines and read errors.
+
+    Ends quietly when the input cannot be read on (``state.input_error``) and sets
+    ``state.eof`` when every line was read, so the caller always gets to send what was read.
+    """
+    number = 0
+    try:
+        for raw, too_long in read_lines(stream):
+            number += 1
+            state.lines = number
+            state.position += len(raw)
+            progress.update(number, state.position, state.settled)
+            if too_long:
+                state.problem(number, "longer than 1 MiB (Segment messages are at most "
+                              "32 KB)", progress)
+                continue
+            message, problem = parse_line(raw, number)
+            if problem is not None:
+                state.problem(number, problem, progress)
+            elif message is None:
+                state.blank += 1
+            else:
+                state.messages += 1
+                yield number, message
+    except InputError as exc:
+        where = f" after line {number}" if number else ""
+        state.input_error = f"cannot read {state.name}{where}: {exc}"
+        return
+    state.eof = True
 
 
 def _wait(destination: SprigDestination, state: _Replay, progress: _Progress) -> None:
-    """Flush the destination, keeping the progress display moving meanwhile."""
-    # One flush() call only: each call wakes the worker, and a spare wake-up would send
-    # part of the next chunk early (more requests than --dry-run shows).
     drained = destination.flush(timeout=0.2)
     while True:
         stats = destination.stats()
@@ -255,9 +156,6 @@ def _replay_live(state: _Replay, stream: IO[bytes], progress: _Progress, *, api_
         api_key,
         endpoint=endpoint,
         on_error=state.on_error,
-        # Replay alone decides when to send: at every REPLAY_CHUNK routed messages and at
-        # the end. No timer (the interval is never reached) and no early wake (the queue
-        # never holds max_batch_size), so every chunk goes out in one send cycle.
         flush_interval=3600.0,
         max_batch_size=REPLAY_CHUNK + 1,
         max_queue_size=2 * REPLAY_CHUNK + 2,
@@ -290,7 +188,7 @@ def _replay_dry(state: _Replay, stream: IO[bytes], progress: _Progress) -> Dict[
 
     def emit() -> None:
         for batch in coalesce(items):
-            sys.stdout.write(f"POST /v2/users {_compact(batch.body)}\n")
+            sys.stdout.write(printable(f"POST /v2/users {compact(batch.body)}\n"))
             counts["requests"] += 1
             counts["delivered"] += len(batch.messages)
         items.clear()
@@ -302,7 +200,10 @@ def _replay_dry(state: _Replay, stream: IO[bytes], progress: _Progress) -> Dict[
             reason = skip_reason(message)
             if reason is None:
                 state.routed += 1
-                body = map_message(message)
+                try:
+                    body = map_message(message)
+                except (RecursionError, ValueError, TypeError):
+                    body = None
                 if body is None:
                     reason = _UNMAPPABLE
                 else:
@@ -319,8 +220,15 @@ def _replay_dry(state: _Replay, stream: IO[bytes], progress: _Progress) -> Dict[
     return counts
 
 
+# -- reporting ------------------------------------------------------------------------------
+
+
 def _replay_summary(state: _Replay, stats: Mapping[str, int], dry_run: bool) -> List[str]:
-    lines = ["Replay summary" + (" (dry run: nothing was sent)" if dry_run else "")]
+    """The summary: what was read, skipped and sent (or would be, with ``--dry-run``)."""
+    title = "Replay summary" + (" (dry run: nothing was sent)" if dry_run else "")
+    if state.lines == 0:
+        return [f"{title}: no line was read" + ("." if dry_run else ", nothing was sent.")]
+    lines = [title]
 
     def row(label: str, value: int, detail: str = "") -> None:
         lines.append(f"  {label:<12}{value:>8}{('  ' + detail) if detail else ''}")
@@ -328,21 +236,20 @@ def _replay_summary(state: _Replay, stats: Mapping[str, int], dry_run: bool) -> 
     row("lines read", state.lines)
     if state.blank:
         row("blank", state.blank)
-    shown = ", ".join(str(n) for n in state.malformed[:10])
-    if len(state.malformed) > 10:
-        shown += ", ..."
-    row("malformed", len(state.malformed), f"(lines {shown})" if state.malformed else "")
+    row("malformed", len(state.malformed),
+        f"({numbered('line', state.malformed)})" if state.malformed else "")
     row("messages", state.messages)
-    reasons = [f"{reason} {stats.get(f'skipped_{reason}', 0)}"
-               for reason in (*SKIP_REASONS, _UNMAPPABLE) if stats.get(f"skipped_{reason}", 0)]
+    names = [str(getattr(r, "value", r)) for r in (*SKIP_REASONS, _UNMAPPABLE)]
+    reasons = [f"{name.replace('_', ' ')} {stats[f'skipped_{name}']}"
+               for name in names if stats.get(f"skipped_{name}", 0)]
     row("skipped", stats.get("skipped", 0), f"({', '.join(reasons)})" if reasons else "")
     requests = stats.get("requests", 0)
     if dry_run:
-        row("would send", stats.get("delivered", 0), "in " + _plural(requests, "request"))
+        row("would send", stats.get("delivered", 0), "in " + plural(requests, "request"))
     else:
         retries = stats.get("retries", 0)
-        detail = "in " + _plural(requests, "request") + (f", {_plural(retries, 'retry')}"
-                                                  if retries else "")
+        detail = "in " + plural(requests, "request") + (f", {plural(retries, 'retry')}"
+                                                        if retries else "")
         row("delivered", stats.get("delivered", 0), detail)
         row("failed", stats.get("failed", 0))
         row("dropped", stats.get("dropped", 0))
@@ -350,10 +257,85 @@ def _replay_summary(state: _Replay, stats: Mapping[str, int], dry_run: bool) -> 
         if unsent > 0:
             row("not sent", unsent, "(read, but the replay stopped first)")
         for text, count in state.errors.most_common(5):
-            lines.append(f"    {count} x {text}")
+            lines.append(f"    {plural(count, 'message')}: {text}")
     if state.stopped_at is not None:
         lines.append(f"Stopped at line {state.stopped_at}: Sprig rejected the API key, so "
-                     "the rest of the file was not read.")
+                     "the rest of the input was not read.")
     if state.interrupted:
-        lines.append("Interrupted: the rest of the file was not read.")
+        if state.eof:
+            lines.append("Interrupted after the whole input was read, before everything "
+                         "was sent.")
+        else:
+            lines.append(f"Interrupted at line {state.lines}: the rest of the input was not "
+                         "read.")
     return lines
+
+
+def _exit_code(state: _Replay, stats: Mapping[str, int], *, strict: bool) -> int:
+    """The exit code, after printing the one-line error that explains it (if any)."""
+    if state.interrupted:
+        return EXIT_INTERRUPTED
+    code = EXIT_OK
+    if state.auth_failed.is_set():
+        err(f"Sprig rejected the API key; check --api-key or {API_KEY_ENV}")
+        code = EXIT_FAILED
+    elif stats.get("failed", 0) or stats.get("dropped", 0):
+        lost = stats.get("failed", 0) + stats.get("dropped", 0)
+        err(f"{plural(lost, 'message')} did not reach Sprig (see the summary)")
+        code = EXIT_FAILED
+    if state.input_error is not None:
+        err(state.input_error)
+        return EXIT_USAGE
+    if code != EXIT_OK:
+        return code
+    if state.messages == 0:
+        bad = len(state.malformed)
+        if state.lines == 0:
+            why = "it is empty"
+        elif not bad:
+            why = "it has only blank lines"
+        elif not state.blank:
+            why = "its only line is malformed" if bad == 1 else f"all {bad} lines are malformed"
+        else:
+            why = (f"{plural(bad, 'line')} {'is' if bad == 1 else 'are'} malformed, the "
+                   f"{'other is' if state.blank == 1 else 'others are'} blank")
+        err(f"nothing to replay in {state.name}: {why}")
+        return EXIT_FAILED
+    if strict and state.malformed:
+        err(f"{plural(len(state.malformed), 'malformed line')} (--strict)")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run(args: Any) -> int:
+    """The ``replay`` command, from its parsed arguments."""
+    endpoint = validate_endpoint(args.endpoint)
+    key = None if args.dry_run else api_key(args.api_key)  # fail before reading anything
+    state = _Replay()
+    state.name = "stdin" if args.file == "-" else args.file
+    stats: Mapping[str, int] = {}
+    try:
+        with open_input(args.file) as source:
+            progress = make_progress(args.progress, source.size)
+            try:
+                if source.note:
+                    progress.note(source.note)
+                if args.dry_run:
+                    progress.note(f"Dry run: the requests below would go to {endpoint}; "
+                                  "nothing is sent.")
+                    stats = _replay_dry(state, source.stream, progress)
+                else:
+                    assert key is not None
+                    stats = _replay_live(state, source.stream, progress, api_key=key,
+                                         endpoint=endpoint, max_retries=args.max_retries,
+                                         max_requests_per_second=args.max_requests_per_second)
+            finally:
+                progress.close()
+    except InputError as exc:  # raised on opening: nothing was read
+        state.input_error = str(exc)
+    summary = "\n".join(_replay_summary(state, stats, args.dry_run))
+    # With --dry-run stdout carries only the requests, so the summary goes to stderr.
+    out = sys.stderr if args.dry_run else sys.stdout
+    print(summary, file=out)
+    out.flush()
+    return _exit_code(state, stats, strict=args.strict)
