@@ -1090,8 +1090,8 @@ def _describe_settings(
             else f"429 with Retry-After: {limit.retry_after}"
         )
         lines.append(
-            f"Rate limit: {limit.rate:g} requests/s per API key, bursts of up to "
-            f"{limit.burst:g}; over it, {over} (Segment's /v1/batch is not limited)"
+            f"Rate limit: {limit.rate:g} requests/s per API key, burst {limit.burst:g}; "
+            f"over it: {over}"
         )
     return lines
 
