@@ -131,6 +131,14 @@ def fast_default_client(segment: FakeSprig) -> Client:
     return client
 
 
+@pytest.fixture
+def restore_install() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        analytics_sprig.install()
+
+
 class Tracker:
     """Counts lifecycle hook calls (and the timeouts they got)."""
 
@@ -527,6 +535,22 @@ def test_without_plugins_or_opt_in_fork_behaves_as_analytics_python(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_after_uninstall_the_fork_hook_does_nothing(
+    make_client: Callable[..., Client], restore_install: None
+) -> None:
+    client = make_client()
+    client.add_plugin(Tracker())
+    fork_safe(client)
+    analytics_sprig.uninstall()  # Python cannot unregister a fork hook: it must be inert
+    queue_before, consumers_before = client.queue, client.consumers
+
+    def child() -> Dict[str, Any]:
+        return {"same": client.queue is queue_before and client.consumers is consumers_before}
+
+    assert run_in_child(child) == {"same": True}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
 def test_fork_safe_opts_in_a_client_without_plugins(
     make_client: Callable[..., Client], segment: FakeSprig
 ) -> None:
@@ -730,14 +754,6 @@ def test_plugin_manager_hook_calls_still_work(make_client: Callable[..., Client]
 
 
 # -- 5. sync_mode join/shutdown ------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_install() -> Iterator[None]:
-    try:
-        yield
-    finally:
-        analytics_sprig.install()
 
 
 @pytest.mark.usefixtures("restore_install")
