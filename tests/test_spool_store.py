@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -532,7 +533,7 @@ def test_claims_of_live_other_host_and_reused_pid_claimants(path: str) -> None:
         info = _spool._proc_stat(sleeper.pid)
         assert info is not None
         spool = Spool(path)
-        host = _spool.socket.gethostname()
+        host = socket.gethostname()
         cases = [
             ("live", host, sleeper.pid, info[1], False),
             ("other-host", host + ".elsewhere", 999_999, None, False),
@@ -661,13 +662,15 @@ def test_a_damaged_database_is_moved_aside(
             handle.truncate(size // 2)
         elif damage == "header-only":
             handle.truncate(100)
-        else:  # overwrite pages in the middle, keeping the header
-            handle.seek(size // 3)
+        else:  # overwrite late pages, keeping the header and the first rows readable
+            handle.seek(size * 2 // 3)
             handle.write(b"\xa5" * 20_000)
     with open(path, "rb") as handle:
         original = handle.read()
     spool = Spool(path, logger=log)
-    assert spool.status().rows == 0  # a fresh spool
+    # Found when the file is opened, not half way through a drain: the first claim
+    # already comes from a fresh spool.
+    assert spool.claim(1) == []
     assert_fresh_after_move(spool, path, records, original)
 
 
@@ -968,4 +971,66 @@ def test_errors_are_classified_without_sqlite_error_codes(
         raw.execute("ROLLBACK")
         raw.close()
     assert spool.usable and len(asides(path)) == 1
+    spool.close()
+
+
+def test_a_recovery_moves_the_live_wal_aside_with_the_file(
+    path: str, log: logging.Logger, records: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection keeps the WAL alive; the fresh spool must not inherit it."""
+    other = Spool(path)
+    other.put([row("old", n) for n in range(5)])  # committed to the WAL, not yet checkpointed
+    assert os.path.getsize(path + "-wal") > 0
+    spool = Spool(path, logger=log)
+    assert spool.status().rows == 5
+    _malformed_once(monkeypatch, "_claim")
+    assert spool.claim(10) == []
+    assert spool.status().rows == 0  # truly fresh: none of the old WAL's pages
+    (moved,) = asides(path)
+    assert os.path.exists(moved + "-wal")
+    spool.put([row("new", 9)])
+    assert other.status().rows == 1  # the other connection follows the path to the new file
+    with sqlite3.connect(moved) as raw:  # the old rows, with their WAL, are kept aside
+        assert raw.execute("SELECT count(*) FROM spool_rows").fetchone()[0] == 5
+    assert len(records.loud()) == 1
+    spool.close()
+    other.close()
+
+
+def test_bad_arguments_never_raise_out_of_calls(
+    path: str, log: logging.Logger, records: Records
+) -> None:
+    spool = Spool(path, logger=log)
+    spool.put([row("a", 0)])
+    held = spool.claim(1)
+    not_a_row: Any = {"key": "a"}
+    assert spool.put([not_a_row]) == [not_a_row]
+    assert spool.put(None) == []  # type: ignore[arg-type]
+    assert spool.claim("many") == []  # type: ignore[arg-type]
+    spool.delete(["x"])  # type: ignore[list-item]
+    spool.release(None)  # type: ignore[arg-type]
+    assert spool.status().claimed == 1 and spool.usable
+    assert len(records.loud()) == 5
+    spool.delete([r.id for r in held])
+    assert spool.status().rows == 0
+    spool.close()
+
+
+def test_recovery_never_closes_a_connection_to_a_file_replaced_meanwhile(
+    path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing it could delete the -wal of the file now at the path (SQLite unlinks by name)."""
+    spool = Spool(path)
+    spool.put([row("a", 0)])
+    old = spool._conn
+    assert old is not None
+    abandoned: List[Any] = []
+    monkeypatch.setattr(_spool, "_abandon", abandoned.append)
+    other = str(tmp_path / "other.db")
+    fill(other, 1)
+    os.replace(other, path)  # replaced between our identity check and our failing query
+    spool._recover("simulated")
+    assert abandoned == [old]
+    assert spool.status().rows == 1  # the replacement, opened as it is (nothing moved aside)
+    assert asides(path) == []
     spool.close()

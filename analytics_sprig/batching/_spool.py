@@ -328,7 +328,11 @@ class Spool:
         including any whose payload or refs is not JSON-serialisable. If the spool is
         unusable, busy or failing, all of ``rows`` are returned.
         """
-        rows = list(rows)
+        try:
+            rows = list(rows)
+        except Exception as exc:
+            self._logger.warning("spool %s: put() needs a sequence of rows (%r)", self.path, exc)
+            return []
         if not rows:
             return []
         if self._closed or not self.usable:
@@ -340,7 +344,7 @@ class Spool:
                 payload, refs = _encode(row.payload), _encode(row.refs)
                 size = len(payload) + len(refs)
                 encoded.append((index, (str(row.key), payload, refs, float(row.created), size)))
-            except (TypeError, ValueError, RecursionError):
+            except Exception:  # not JSON-serialisable, or not a SpoolRow at all
                 refused.add(index)
         if refused:
             self._logger.warning(
@@ -366,9 +370,14 @@ class Spool:
         Before claiming, rows held by a dead claimant on this host (pid gone or reused, or a
         closed Spool of this process) are put back and counted in :attr:`reclaimed`.
         """
-        if limit <= 0 or self._closed or not self.usable:
+        try:
+            count = int(limit)
+        except Exception:
+            self._logger.warning("spool %s: claim() needs an int limit, got %r", self.path, limit)
             return []
-        return self._call("claim", lambda conn: self._claim(conn, int(limit)), [])
+        if count <= 0 or self._closed or not self.usable:
+            return []
+        return self._call("claim", lambda conn: self._claim(conn, count), [])
 
     def keys_waiting(self) -> Set[str]:
         """Keys of the unclaimed rows (so callers can hold back newer calls of those keys)."""
@@ -378,13 +387,13 @@ class Spool:
 
     def delete(self, ids: Iterable[int]) -> None:
         """Delete rows this Spool claimed (delivered, or failed for good); others are ignored."""
-        wanted = [int(i) for i in ids]
+        wanted = self._ids("delete", ids)
         if wanted and not self._closed and self.usable:
             self._call("delete", lambda conn: self._delete(conn, wanted), None)
 
     def release(self, ids: Iterable[int]) -> None:
         """Give claims back (e.g. at shutdown): the rows wait again, in their old place."""
-        wanted = [int(i) for i in ids]
+        wanted = self._ids("release", ids)
         if wanted and not self._closed and self.usable:
             self._call("release", lambda conn: self._release(conn, wanted), None)
 
@@ -451,6 +460,13 @@ class Spool:
 
     # -- call plumbing -----------------------------------------------------------------
 
+    def _ids(self, what: str, ids: Iterable[int]) -> List[int]:
+        try:
+            return [int(i) for i in ids]
+        except Exception as exc:
+            self._logger.warning("spool %s: %s() needs int ids (%r); ignored", self.path, what, exc)
+            return []
+
     def _call(self, what: str, op: Callable[[sqlite3.Connection], _T], fallback: _T) -> _T:
         """Run ``op`` on an open connection; recover once from a corrupt file; never raise."""
         if os.getpid() != self._pid:
@@ -482,7 +498,6 @@ class Spool:
                     self._transient(what, exc)
                     return fallback
             else:
-                self._warned_at = None
                 return result
             self._recover(reason)  # then one more try, on the fresh spool
         return fallback
@@ -538,10 +553,13 @@ class Spool:
     def _recover(self, reason: str) -> Optional[sqlite3.Connection]:
         """Move an unreadable file aside and open a fresh spool, with one log line."""
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()  # ours, on the file about to be moved: safe to close
         opened, self._identity = self._identity, None  # the file that was found unreadable
+        if conn is not None:
+            if self._file_identity() == opened:
+                with contextlib.suppress(Exception):
+                    conn.close()  # on the file at the path, about to be moved: safe
+            else:
+                _abandon(conn)  # already replaced: closing could delete the new file's WAL
         self._recoveries += 1
         if self._recoveries > _MAX_RECOVERIES:
             self._disable(f"still unreadable after {_MAX_RECOVERIES} fresh spools ({reason})")
