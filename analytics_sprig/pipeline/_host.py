@@ -16,6 +16,10 @@ Lifecycle (the rule stated in :mod:`analytics_sprig.hookspecs`): with plugins at
 ``flush``, ``join`` and ``shutdown`` are bounded. ``timeout=None`` leaves Segment's own part
 as analytics-python does it and bounds each plugin by its own default; an explicit
 ``timeout`` is one deadline for Segment's part and the plugins' together.
+
+Process hooks, registered once by the first :func:`install` (inert once uninstalled): after
+``os.fork()``, in the child, clients with plugins (or opted in with :func:`fork_safe`) get
+fresh Segment consumers (see ``_fork``); at exit, plugins not shut down yet get their bound.
 """
 
 from __future__ import annotations
