@@ -29,7 +29,15 @@ from ._errors import (
 )
 from ._version import __version__
 from .hookspecs import hookimpl, hookspec
-from .pipeline import ENTRY_POINT_GROUP, install, installed, load_plugins, pipeline_of, uninstall
+from .pipeline import (
+    ENTRY_POINT_GROUP,
+    fork_safe,
+    install,
+    installed,
+    load_plugins,
+    pipeline_of,
+    uninstall,
+)
 from .sprig import DEFAULT_ENDPOINT, INTEGRATION_NAMES, SprigClient, SprigDestination
 
 __all__ = [
@@ -46,6 +54,7 @@ __all__ = [
     "SprigError",
     "SprigNetworkError",
     "__version__",
+    "fork_safe",
     "hookimpl",
     "hookspec",
     "install",

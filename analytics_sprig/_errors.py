@@ -37,6 +37,11 @@ class SprigAPIError(SprigError):
             text += f": {detail}"
         super().__init__(text)
 
+    @property
+    def throttled(self) -> bool:
+        """Whether this is Sprig's rate limit answering (HTTP 429)."""
+        return self.status_code == 429
+
 
 class SprigAuthError(SprigAPIError):
     """401/403: the API key is wrong, revoked, or belongs to another Sprig environment."""

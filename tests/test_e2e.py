@@ -204,7 +204,7 @@ def test_custom_types_and_page_naming(
     _, page = client.page("u-1", category="Docs", name="Install")
     _, unnamed = client.page("u-2")
     client.track("u-3", "Not Sent")  # track is not among the configured types
-    client.screen("u-4", name="Home")  # screen is, but Sprig has no screen mapping
+    _, screen = client.screen("u-4", name="Home")  # screens become events when asked for
 
     assert client.flush(timeout=10) is True
     assert sprig_bodies(fake_sprig) == {
@@ -212,11 +212,13 @@ def test_custom_types_and_page_naming(
                                              "timestamp": millis(page)}]},
         "u-2": {"userId": "u-2", "events": [{"event": "Some Page",
                                              "timestamp": millis(unnamed)}]},
+        "u-4": {"userId": "u-4", "events": [{"event": "Viewed Home Screen",
+                                             "timestamp": millis(screen)}]},
     }
     stats = destination.stats()
-    assert stats["delivered"] == 2
+    assert stats["delivered"] == 3
     assert stats["skipped_type"] == 1
-    assert stats["skipped_unmappable"] == 1
+    assert stats["skipped_unmappable"] == 0
     check_invariant(stats)
 
 

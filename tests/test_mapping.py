@@ -9,21 +9,33 @@ import logging
 import math
 import time
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import pytest
 
+from analytics_sprig.batching._lanes import plan_bodies
 from analytics_sprig.sprig._mapping import (
     MAX_ATTRIBUTES,
     MAX_EVENTS,
-    Batch,
-    PageNaming,
+    EventNaming,
+    SprigMerger,
     attributes_from_traits,
-    coalesce,
     epoch_millis,
     map_message,
-    page_event_name,
+    named_event,
 )
+
+
+class _Batch(NamedTuple):
+    body: Dict[str, Any]
+    messages: List[Any]
+
+
+def coalesce(items: List[Tuple[Dict[str, Any], Dict[str, Any]]]) -> List[_Batch]:
+    """The engine's merge rule (SprigMerger in a Lanes), with messages as references."""
+    bodies = plan_bodies(SprigMerger(), [(body["userId"], body, message)
+                                         for body, message in items])
+    return [_Batch(b.payload, b.refs) for b in bodies]
 
 # 2026-01-02T03:04:05.678Z as Unix epoch milliseconds.
 KNOWN_MS = 1767323045678
@@ -31,8 +43,8 @@ assert calendar.timegm((2026, 1, 2, 3, 4, 5)) * 1000 + 678 == KNOWN_MS
 
 
 def _attrs(traits: Mapping[Any, Any]) -> Dict[str, Any]:
-    attributes, over = attributes_from_traits(traits)
-    assert over == 0
+    attributes, dropped = attributes_from_traits(traits)
+    assert dropped == []
     return attributes
 
 
@@ -272,22 +284,22 @@ def test_moderate_nesting_is_kept() -> None:
 
 def test_attribute_cap_keeps_exactly_first_100() -> None:
     traits = {f"a{i:03d}": i for i in range(150)}
-    attributes, over = attributes_from_traits(traits)
-    assert over == 50
+    attributes, dropped = attributes_from_traits(traits)
+    assert dropped == [f"a{i:03d}" for i in range(100, 150)]
     assert len(attributes) == MAX_ATTRIBUTES == 100
     assert list(attributes) == [f"a{i:03d}" for i in range(100)]
 
 
 def test_attribute_cap_counts_flattened_values() -> None:
     traits = {"g": {f"k{i}": i for i in range(60)}, "h": {f"k{i}": i for i in range(60)}}
-    attributes, over = attributes_from_traits(traits)
-    assert (len(attributes), over) == (100, 20)
+    attributes, dropped = attributes_from_traits(traits)
+    assert (len(attributes), len(dropped)) == (100, 20)
     assert "h.k39" in attributes and "h.k40" not in attributes
 
 
 def test_attribute_cap_custom_limit() -> None:
-    attributes, over = attributes_from_traits({"a": 1, "b": 2, "c": 3}, limit=2)
-    assert (attributes, over) == ({"a": 1, "b": 2}, 1)
+    attributes, dropped = attributes_from_traits({"a": 1, "b": 2, "c": 3}, limit=2)
+    assert (attributes, dropped) == ({"a": 1, "b": 2}, ["c"])
 
 
 def test_identify_over_cap_keeps_100_and_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -304,6 +316,7 @@ def test_identify_over_cap_keeps_100_and_warns(caplog: pytest.LogCaptureFixture)
     assert warnings[0].levelno == logging.WARNING
     text = warnings[0].getMessage()
     assert "50" in text and "100" in text and "u-cap" in text
+    assert "'t100'" in text and "'t109'" in text and "and 40 more" in text
 
 
 def test_identify_at_cap_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
@@ -487,30 +500,30 @@ def test_track_without_event_key_is_none() -> None:
 @pytest.mark.parametrize(
     ("message", "naming", "expected"),
     [
-        pytest.param({"name": "Pricing"}, PageNaming(), "Viewed Pricing Page", id="named"),
-        pytest.param({"name": "Pricing", "category": "Docs"}, PageNaming(),
+        pytest.param({"name": "Pricing"}, EventNaming(), "Viewed Pricing Page", id="named"),
+        pytest.param({"name": "Pricing", "category": "Docs"}, EventNaming(),
                      "Viewed Pricing Page", id="named-with-category"),
-        pytest.param({}, PageNaming(), "Loaded a Page", id="no-name"),
-        pytest.param({"name": ""}, PageNaming(), "Loaded a Page", id="empty-name"),
-        pytest.param({"name": None}, PageNaming(), "Loaded a Page", id="none-name"),
-        pytest.param({"name": 7}, PageNaming(), "Loaded a Page", id="non-str-name"),
-        pytest.param({"name": "Home"}, PageNaming("Saw {name}", "Saw a page"), "Saw Home",
+        pytest.param({}, EventNaming(), "Loaded a Page", id="no-name"),
+        pytest.param({"name": ""}, EventNaming(), "Loaded a Page", id="empty-name"),
+        pytest.param({"name": None}, EventNaming(), "Loaded a Page", id="none-name"),
+        pytest.param({"name": 7}, EventNaming(), "Loaded a Page", id="non-str-name"),
+        pytest.param({"name": "Home"}, EventNaming("Saw {name}", "Saw a page"), "Saw Home",
                      id="custom-format"),
-        pytest.param({}, PageNaming("Saw {name}", "Saw a page"), "Saw a page",
+        pytest.param({}, EventNaming("Saw {name}", "Saw a page"), "Saw a page",
                      id="custom-default"),
         pytest.param({"name": "Home", "category": "Site"},
-                     PageNaming("{category}/{name}", "x"), "Site/Home",
+                     EventNaming("{category}/{name}", "x"), "Site/Home",
                      id="custom-with-category"),
-        pytest.param({"name": "Home"}, PageNaming("{category}/{name}", "x"), "/Home",
+        pytest.param({"name": "Home"}, EventNaming("{category}/{name}", "x"), "/Home",
                      id="custom-missing-category-empty"),
-        pytest.param({"name": "Home", "category": None}, PageNaming("[{category}]{name}", "x"),
+        pytest.param({"name": "Home", "category": None}, EventNaming("[{category}]{name}", "x"),
                      "[]Home", id="custom-none-category-empty"),
-        pytest.param({"name": "{category}"}, PageNaming(), "Viewed {category} Page",
+        pytest.param({"name": "{category}"}, EventNaming(), "Viewed {category} Page",
                      id="braces-in-name-not-reformatted"),
     ],
 )
-def test_page_event_name(message: Dict[str, Any], naming: PageNaming, expected: str) -> None:
-    assert page_event_name(message, naming) == expected
+def test_page_event_name(message: Dict[str, Any], naming: EventNaming, expected: str) -> None:
+    assert named_event(message, naming) == expected
     full = {"type": "page", "userId": "u", "timestamp": "2026-01-02T03:04:05.678Z", **message}
     assert map_message(full, naming) == {
         "userId": "u",
@@ -519,7 +532,7 @@ def test_page_event_name(message: Dict[str, Any], naming: PageNaming, expected: 
 
 
 def test_page_defaults() -> None:
-    assert PageNaming() == PageNaming("Viewed {name} Page", "Loaded a Page")
+    assert EventNaming() == EventNaming("Viewed {name} Page", "Loaded a Page")
     body = map_message({"type": "page", "userId": "u", "name": "Home"})
     assert body is not None and body["events"][0]["event"] == "Viewed Home Page"
 
@@ -584,10 +597,31 @@ def test_no_user_id_maps_to_none(call_type: str, user_id: Any) -> None:
     assert map_message(message) is None
 
 
-@pytest.mark.parametrize("call_type", ["group", "screen", "unknown", None])
+@pytest.mark.parametrize("call_type", ["group", "unknown", None])
 def test_unsupported_types_map_to_none(call_type: Any) -> None:
     message = {"type": call_type, "userId": "u", "event": "E", "name": "Home", "traits": {}}
     assert map_message(message) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "event"),
+    [
+        pytest.param({"name": "Settings"}, "Viewed Settings Screen", id="named"),
+        pytest.param({}, "Loaded a Screen", id="unnamed"),
+        pytest.param({"name": 5}, "Loaded a Screen", id="non-str-name"),
+    ],
+)
+def test_screen_maps_to_an_event(message: Dict[str, Any], event: str) -> None:
+    full = {"type": "screen", "userId": "u", "timestamp": "2026-01-02T03:04:05.678Z", **message}
+    assert map_message(full) == {"userId": "u", "events": [{"event": event,
+                                                            "timestamp": KNOWN_MS}]}
+    custom = EventNaming("Opened {name}", "Opened an app screen")
+    assert map_message(full, screen=custom) == {
+        "userId": "u",
+        "events": [{"event": event.replace("Viewed ", "Opened ").replace(" Screen", "")
+                    if message.get("name") == "Settings" else "Opened an app screen",
+                    "timestamp": KNOWN_MS}],
+    }
 
 
 def test_map_message_does_not_mutate_message() -> None:
@@ -739,9 +773,3 @@ def test_coalesce_does_not_mutate_input_bodies() -> None:
     merged["attributes"]["z"] = 9
     merged["events"].append({"event": "C", "timestamp": 0})
     assert items == snapshot
-
-
-def test_batch_defaults() -> None:
-    batch = Batch({"userId": "u"})
-    assert batch.messages == []
-    assert Batch({"userId": "v"}).messages is not batch.messages

@@ -1,59 +1,34 @@
-"""Retry policy: which failures to retry, how long to wait. Pure functions, no I/O."""
+"""Retry policy: which failures to retry, how long to wait. Pure functions, no I/O.
+
+Errors say what they allow through three attributes, read with ``getattr`` so this module
+knows no backend: ``retryable`` (may succeed later), ``retry_after`` (seconds the server
+asked for, or ``None``) and ``throttled`` (the server's rate limit answered).
+"""
 
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Callable, Optional, Tuple, TypeVar
-
-from .._errors import SprigError
 
 T = TypeVar("T")
 
-#: 5xx statuses that will not change on retry (Not Implemented, HTTP Version Not Supported).
-_FINAL_5XX = frozenset({501, 505})
-
-
-def is_retryable_status(status: int) -> bool:
-    """408, 429 and 5xx other than 501/505 may succeed later."""
-    return status in (408, 429) or (500 <= status <= 599 and status not in _FINAL_5XX)
-
-
-def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date).
-
-    Returns ``None`` when absent or unparseable, and never a negative number.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        return None
-    return max(0.0, seconds)
+#: A server's ``Retry-After`` is never taken as shorter than this (unless ``max_retry_after``
+#: is): ``Retry-After: 0.000001`` must not turn into a request storm.
+RETRY_AFTER_FLOOR = 1.0
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """Capped exponential backoff with jitter, as analytics-python's consumer does.
 
-    ``max_retries`` retries per request (so ``max_retries + 1`` attempts); backoff
-    ``initial_backoff * 2**n`` capped at ``max_backoff``, with "equal jitter" (half fixed,
-    half random) so a fleet does not retry in lockstep. ``Retry-After`` pauses do not spend
-    a retry but are capped at ``max_retry_after`` each; everything a request waits is
+    ``max_retries`` counted retries per request, each after ``initial_backoff * 2**n``
+    seconds (capped at ``max_backoff``) with "equal jitter" (half fixed, half random) so a
+    fleet does not retry in lockstep. A server's ``Retry-After`` is a pause that spends no
+    retry, clamped to [min(1 s, ``max_retry_after``), ``max_retry_after``]; at most
+    ``max_retries`` such pauses per request, so a request makes at most
+    ``2 * max_retries + 1`` attempts whatever the server says. ``max_retry_after=0``
+    ignores ``Retry-After`` (counted backoff instead). Everything one request waits is
     capped by ``max_total_wait``.
     """
 
@@ -70,27 +45,44 @@ class RetryPolicy:
         return ceiling / 2 + draw * ceiling / 2
 
 
+@dataclass
+class RetryState:
+    """What one request has used of its retry budget so far."""
+
+    retries: int = 0
+    pauses: int = 0
+    waited: float = 0.0
+
+
 def next_delay(
-    exc: BaseException, policy: RetryPolicy, retries_used: int, waited: float
-) -> Optional[Tuple[float, int]]:
+    exc: BaseException, policy: RetryPolicy, state: RetryState
+) -> Optional[Tuple[float, bool]]:
     """How long to wait before retrying after ``exc``, or ``None`` if it is final.
 
-    Returns ``(delay, retries_used)``, with ``retries_used`` bumped unless the wait is a
-    server-requested ``Retry-After`` pause (those spend no retry, only total wait).
+    Returns ``(delay, server_pause)``; ``server_pause`` is true when the delay is the
+    server's ``Retry-After`` (the caller may pause every request, not only this one).
+    Updates ``state``.
     """
     if not getattr(exc, "retryable", False):
         return None
     retry_after = getattr(exc, "retry_after", None)
-    if retry_after:
-        delay = min(float(retry_after), policy.max_retry_after)
-    elif retries_used >= policy.max_retries:
-        return None
+    cap = policy.max_retry_after
+    if retry_after is not None and cap > 0 and state.pauses < policy.max_retries:
+        delay = min(cap, max(float(retry_after), min(RETRY_AFTER_FLOOR, cap)))
+        server_pause = True
+    elif state.retries < policy.max_retries:
+        delay = policy.backoff(state.retries)
+        server_pause = False
     else:
-        delay = policy.backoff(retries_used)
-        retries_used += 1
-    if waited + delay > policy.max_total_wait:
         return None
-    return delay, retries_used
+    if state.waited + delay > policy.max_total_wait:
+        return None
+    if server_pause:
+        state.pauses += 1
+    else:
+        state.retries += 1
+    state.waited += delay
+    return delay, server_pause
 
 
 def retry_call(
@@ -99,23 +91,20 @@ def retry_call(
     pause: Callable[[float], None],
     on_retry: Optional[Callable[[BaseException, float], None]] = None,
 ) -> T:
-    """Call ``send()`` until it succeeds or fails for good (see :func:`next_delay`).
+    """Call ``send()`` in this thread until it succeeds or fails for good.
 
-    ``pause(seconds)`` waits between attempts (the worker's is interruptible by shutdown);
-    ``on_retry(exc, delay)`` is told of each retry. Errors other than :class:`SprigError`
-    propagate at once.
+    ``pause(seconds)`` waits between attempts; ``on_retry(exc, delay)`` is told of each
+    retry. The final error propagates.
     """
-    retries_used = 0
-    waited = 0.0
+    state = RetryState()
     while True:
         try:
             return send()
-        except SprigError as exc:
-            step = next_delay(exc, policy, retries_used, waited)
+        except Exception as exc:
+            step = next_delay(exc, policy, state)
             if step is None:
                 raise
-            delay, retries_used = step
-            waited += delay
+            delay = step[0]
             if on_retry is not None:
                 on_retry(exc, delay)
             pause(delay)

@@ -23,7 +23,7 @@ from segment.analytics import Client
 from ..pipeline._host import install
 from ..sprig._api import DEFAULT_ENDPOINT
 from ..sprig._destination import SprigDestination
-from ..sprig._mapping import coalesce, map_message
+from ..sprig._planning import SprigPlanner
 from ..sprig._routing import DEFAULT_TYPES, INTEGRATION_NAMES, skip_reason
 from ..testing.fake_server import FakeSprig
 from ._common import compact as _compact
@@ -105,13 +105,8 @@ def observed_requests(local: FakeSprig) -> List[SprigRequestView]:
 
 def computed_requests(messages: Iterable[Mapping[str, Any]]) -> List[SprigRequestView]:
     """The ``/v2/users`` requests the destination makes for ``messages`` sent together."""
-    items = []
-    for message in messages:
-        if skip_reason(message) is None:
-            body = map_message(message)
-            if body is not None:
-                items.append((body, message))
-    return [SprigRequestView("POST", "/v2/users", None, batch.body) for batch in coalesce(items)]
+    bodies, _ = SprigPlanner().bodies(messages)
+    return [SprigRequestView("POST", "/v2/users", None, body.payload) for body in bodies]
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from .._errors import MessageDropped, SprigAuthError
 from ..sprig._api import validate_endpoint
 from ..sprig._destination import SprigDestination
-from ..sprig._mapping import coalesce, map_message
-from ..sprig._routing import SKIP_REASONS, skip_reason
+from ..batching._backend import Skip
+from ..sprig._planning import SprigPlanner
+from ..sprig._routing import SKIP_REASONS, FailReason, SkipReason
 from ._common import (
     API_KEY_ENV,
     EXIT_FAILED,
@@ -51,8 +52,6 @@ REPLAY_CHUNK = 10000
 #: Malformed lines reported one by one; later ones are only counted (a binary file would
 #: otherwise print a line of stderr per newline byte).
 MAX_LINE_NOTES = 100
-
-_UNMAPPABLE = "unmappable"
 
 
 
@@ -139,6 +138,9 @@ def _read_messages(
 
 
 def _wait(destination: SprigDestination, state: _Replay, progress: _Progress) -> None:
+    """Flush the destination, keeping the progress display moving meanwhile."""
+    # One flush() call only: each call wakes the worker, and a spare wake-up would send
+    # part of the next chunk early (more requests than --dry-run shows).
     drained = destination.flush(timeout=0.2)
     while True:
         stats = destination.stats()
@@ -149,6 +151,22 @@ def _wait(destination: SprigDestination, state: _Replay, progress: _Progress) ->
         time.sleep(0.05)
 
 
+def _chunks(messages: Iterator[Tuple[int, Dict[str, Any]]], state: _Replay
+            ) -> Iterator[List[Dict[str, Any]]]:
+    """The messages in chunks of :data:`REPLAY_CHUNK` (each coalesced on its own)."""
+    chunk: List[Dict[str, Any]] = []
+    for number, message in messages:
+        if state.auth_failed.is_set():
+            state.stopped_at = number
+            break
+        chunk.append(message)
+        if len(chunk) == REPLAY_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _replay_live(state: _Replay, stream: IO[bytes], progress: _Progress, *, api_key: str,
                  endpoint: str, max_retries: int,
                  max_requests_per_second: Optional[float]) -> Dict[str, int]:
@@ -156,64 +174,50 @@ def _replay_live(state: _Replay, stream: IO[bytes], progress: _Progress, *, api_
         api_key,
         endpoint=endpoint,
         on_error=state.on_error,
-        flush_interval=3600.0,
-        max_batch_size=REPLAY_CHUNK + 1,
-        max_queue_size=2 * REPLAY_CHUNK + 2,
+        max_queue_size=REPLAY_CHUNK,
         max_retries=max_retries,
         max_requests_per_second=max_requests_per_second,
     )
     try:
-        for number, message in _read_messages(stream, state, progress):
-            if state.auth_failed.is_set():
-                state.stopped_at = number
-                break
-            destination.send(message)
-            if skip_reason(message) is None:
-                state.routed += 1
-                if state.routed % REPLAY_CHUNK == 0:
-                    _wait(destination, state, progress)
-        _wait(destination, state, progress)
+        for chunk in _chunks(_read_messages(stream, state, progress), state):
+            # The same planning as --dry-run: the requests it printed are the ones sent.
+            destination.send_batch(chunk)
+            _wait(destination, state, progress)
     except KeyboardInterrupt:
         state.interrupted = True
     finally:
         destination.shutdown(timeout=2.0 if state.interrupted else 10.0)
-    return destination.stats()
+    stats = destination.stats()
+    state.routed = stats["received"] - sum(stats[f"skipped_{r.value}"] for r in SKIP_REASONS)
+    return stats
 
 
 def _replay_dry(state: _Replay, stream: IO[bytes], progress: _Progress) -> Dict[str, int]:
     counts: Dict[str, int] = {"received": 0, "skipped": 0, "delivered": 0, "failed": 0,
                               "dropped": 0, "pending": 0, "requests": 0}
-    counts.update({f"skipped_{reason}": 0 for reason in (*SKIP_REASONS, _UNMAPPABLE)})
-    items: List[Tuple[Dict[str, Any], Mapping[str, Any]]] = []
-
-    def emit() -> None:
-        for batch in coalesce(items):
-            sys.stdout.write(printable(f"POST /v2/users {compact(batch.body)}\n"))
-            counts["requests"] += 1
-            counts["delivered"] += len(batch.messages)
-        items.clear()
-
+    counts.update({f"skipped_{reason.value}": 0 for reason in SkipReason})
+    counts.update({f"failed_{reason.value}": 0 for reason in FailReason})
+    planner = SprigPlanner()
     try:
-        for _, message in _read_messages(stream, state, progress):
-            counts["received"] += 1
-            state.settled += 1
-            reason = skip_reason(message)
-            if reason is None:
-                state.routed += 1
-                try:
-                    body = map_message(message)
-                except (RecursionError, ValueError, TypeError):
-                    body = None
-                if body is None:
-                    reason = _UNMAPPABLE
+        for chunk in _chunks(_read_messages(stream, state, progress), state):
+            bodies, others = planner.bodies(chunk)
+            counts["received"] += len(chunk)
+            state.settled += len(chunk)
+            for plan in others:
+                if isinstance(plan, Skip):
+                    counts["skipped"] += 1
+                    counts[f"skipped_{plan.reason.value}"] += 1
                 else:
-                    items.append((body, message))
-                if state.routed % REPLAY_CHUNK == 0:
-                    emit()
-            if reason is not None:
-                counts["skipped"] += 1
-                counts[f"skipped_{reason}"] += 1
-        emit()
+                    counts["failed"] += 1
+                    counts[f"failed_{plan.reason.value}"] += 1
+            for body in bodies:
+                sys.stdout.write(printable(f"POST /v2/users {compact(body.payload)}\n"))
+                counts["requests"] += 1
+                counts["delivered"] += len(body.refs)
+            state.routed += len(chunk) - sum(
+                1 for plan in others
+                if isinstance(plan, Skip) and plan.reason in SKIP_REASONS
+            )
     except KeyboardInterrupt:
         state.interrupted = True
     sys.stdout.flush()
@@ -239,9 +243,8 @@ def _replay_summary(state: _Replay, stats: Mapping[str, int], dry_run: bool) -> 
     row("malformed", len(state.malformed),
         f"({numbered('line', state.malformed)})" if state.malformed else "")
     row("messages", state.messages)
-    names = [str(getattr(r, "value", r)) for r in (*SKIP_REASONS, _UNMAPPABLE)]
-    reasons = [f"{name.replace('_', ' ')} {stats[f'skipped_{name}']}"
-               for name in names if stats.get(f"skipped_{name}", 0)]
+    reasons = [f"{reason.value.replace('_', ' ')} {stats[f'skipped_{reason.value}']}"
+               for reason in SkipReason if stats.get(f"skipped_{reason.value}", 0)]
     row("skipped", stats.get("skipped", 0), f"({', '.join(reasons)})" if reasons else "")
     requests = stats.get("requests", 0)
     if dry_run:

@@ -170,6 +170,23 @@ class Pipeline:
 
     def enqueue(self, client: Any, message: Message) -> Tuple[bool, Message]:
         """Run one call through the pipeline around Segment's own ``_enqueue``."""
+        prepared = self.run_before(message, client)
+        if prepared is None:
+            return False, message
+        # Segment's validation errors (AssertionError, RuntimeError) reach the app unchanged.
+        success, normalized = _originals["_enqueue"](client, prepared)
+        if client.send:
+            for function, where in self._destination:
+                try:
+                    function(normalized, client)
+                except Exception:
+                    self._failed(where)
+        self.run_after(normalized, success, client)
+        return success, normalized
+
+    def run_before(self, message: Message, client: Any) -> Optional[Message]:
+        """The ``analytics_before`` then ``analytics_enrich`` hooks; the message they leave,
+        or ``None`` if a before hook dropped it. Also a destination's own timeline."""
         for function, where in self._before:
             try:
                 result = function(message, client)
@@ -180,7 +197,7 @@ class Pipeline:
                 with self._count_lock:
                     self.dropped += 1
                 logger.debug("%s dropped a %s call", where, message.get("type"))
-                return False, message
+                return None
             if isinstance(result, dict):
                 message = result
         for function, where in self._enrich:
@@ -191,20 +208,20 @@ class Pipeline:
                 continue
             if isinstance(result, dict):
                 message = result
-        # Segment's validation errors (AssertionError, RuntimeError) reach the app unchanged.
-        success, normalized = _originals["_enqueue"](client, message)
-        if client.send:
-            for function, where in self._destination:
-                try:
-                    function(normalized, client)
-                except Exception:
-                    self._failed(where)
+        return message
+
+    def run_after(self, message: Message, success: bool, client: Any) -> None:
+        """The ``analytics_after`` hooks, each isolated."""
         for function, where in self._after:
             try:
-                function(normalized, success, client)
+                function(message, success, client)
             except Exception:
                 self._failed(where)
-        return success, normalized
+
+    @property
+    def has_destinations(self) -> bool:
+        """Whether a plugin implements ``analytics_destination``."""
+        return bool(self._destination)
 
     # -- lifecycle ----------------------------------------------------------------------
 

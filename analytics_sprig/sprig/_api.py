@@ -14,7 +14,7 @@ import httpx
 
 from .._errors import ConfigurationError, SprigAPIError, SprigAuthError, SprigNetworkError
 from .._version import __version__
-from ..batching._retry import is_retryable_status, parse_retry_after
+from ._http import is_retryable_status, parse_retry_after
 
 DEFAULT_ENDPOINT = "https://api.sprig.com"
 #: Sprig accepts at most this many visitors per purge request.
@@ -122,6 +122,7 @@ class SprigClient:
     ) -> None:
         self._api_key = validate_api_key(api_key)
         self.endpoint = validate_endpoint(endpoint)
+        self.timeout = timeout  # the bound of one whole attempt
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._proxy = validate_proxy(proxy)
         # Requests go straight to an httpx transport: httpx.Client's per-request machinery
@@ -256,6 +257,10 @@ class SprigClient:
         request_id = data.get("requestId") if isinstance(data, dict) else None
         return None if request_id is None else str(request_id)
 
+    def session(self) -> SprigSession:
+        """A new :class:`SprigSession`: a connection of its own (opened on first use)."""
+        return SprigSession(self)
+
     def forget_connections(self) -> None:
         """Drop the connection pool without closing it (after ``fork()``: it is the parent's)."""
         self._http = None
@@ -266,6 +271,33 @@ class SprigClient:
         http, self._http = self._http, None
         if http is not None:
             http.close()
+
+
+class SprigSession(SprigClient):
+    """One connection of a :class:`SprigClient`, used by one thread at a time.
+
+    The delivery engine gives each sender thread its own session (its own transport and
+    connection); ``purge()`` opens one for the call. Same methods as the client.
+    """
+
+    def __init__(self, client: SprigClient) -> None:
+        # The client's validated configuration, not a second validation of the key.
+        self.__dict__.update(client.__dict__)
+        self._http = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SprigSession(endpoint={self.endpoint!r}, api_key='***')"
+
+    def forget(self) -> None:
+        """Drop the connection without closing it (in a forked child: it is the parent's)."""
+        self.forget_connections()
+
+    def __enter__(self) -> SprigSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def purge_chunks(user_ids: Sequence[str], emails: Sequence[str]) -> List[Dict[str, List[str]]]:

@@ -3,64 +3,77 @@
 from __future__ import annotations
 
 import logging
-import math
+import threading
 import time
-from typing import Any, Callable, Collection, Dict, FrozenSet, Iterable, List, Optional
+from typing import Any, Collection, Dict, Iterable, List, Optional
 
-from .._errors import ConfigurationError
+from ..batching._ledger import OnDelivered, OnError
 from ..batching._retry import RetryPolicy, retry_call
+from ..batching._worker import BatchWorker
 from ..hookspecs import hookimpl
+from ..pipeline._host import Pipeline, PluginKey
+from . import _options as options
 from ._api import DEFAULT_ENDPOINT, SprigClient, purge_chunks
-from ._mapping import DEFAULT_PAGE_EVENT_DEFAULT, DEFAULT_PAGE_EVENT_FORMAT, PageNaming
-from ._routing import DEFAULT_TYPES, SEGMENT_TYPES, skip_reason
-from ._worker import DeliveryWorker, Message, OnError
+from ._mapping import (
+    DEFAULT_PAGE_EVENT_DEFAULT,
+    DEFAULT_PAGE_EVENT_FORMAT,
+    DEFAULT_SCREEN_EVENT_DEFAULT,
+    DEFAULT_SCREEN_EVENT_FORMAT,
+    Payload,
+)
+from ._planning import SprigPlanner
+from ._routing import DEFAULT_TYPES, INTEGRATION_NAMES, integrations_allow, skip_reason
+from ._sender import SprigSender
 
 logger = logging.getLogger("analytics_sprig")
 
-
-def _number(name: str, value: Any, *, minimum: float, allow_zero: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < minimum or (not allow_zero and value == 0):
-        bound = f"> {minimum}" if not allow_zero else f">= {minimum}"
-        raise ConfigurationError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
+Message = Dict[str, Any]
+#: What ``disable_cloud_destination`` sets in the integrations Segment's servers receive.
+_CLOUD_OFF = dict.fromkeys(INTEGRATION_NAMES, False)
 
 
 class SprigDestination:
     """Forward Segment Identify, Track, Page and Alias calls to Sprig's REST API.
 
-    Register it with ``analytics.add_plugin(SprigDestination(api_key=...))``. The app's
-    thread only routes the call and appends it to a bounded queue; a background thread
-    maps, coalesces (one request per user per flush window) and sends with retries.
+    Register it with ``analytics.add_plugin(sprig)``. The app's thread only routes the call
+    and hands it off (never I/O, never a wait); background threads map it, merge it into
+    the user's waiting request body, and send, several requests at once but a user's one
+    at a time, with retries.
 
     Options (all keyword-only, all with defaults that need no tuning):
 
     - ``endpoint``: Sprig's API base URL; ``https://`` (``http://`` only to loopback).
-    - ``on_error(exception, messages)``: called for messages that end failed or dropped.
-    - ``max_queue_size`` (10000): messages waiting; beyond it new ones are dropped.
-    - ``flush_interval`` (0.5 s): the batch window; the worker sends what waited this long.
-    - ``max_batch_size`` (10000): messages taken (and coalesced together) per send cycle;
-      the worker also wakes early when this many, or half the queue, are waiting.
+    - ``on_error(exception, messages)``: called for messages that end failed or dropped;
+      ``on_delivered(messages)``: for messages delivered. ``messages`` are light
+      references: dicts with ``messageId``, ``type``, ``userId`` and ``event`` (when the
+      call has one), not the whole Segment message.
+    - ``max_queue_size`` (10000): waiting request bodies (one per user per pending
+      request, in flight included; calls that merge into a waiting body take no slot),
+      and messages waiting to be planned; beyond it new calls are dropped.
+    - ``flush_interval`` (0.5 s): a user's body is sent once no call for them arrived for
+      this long (at most 10x this after their first), so busy users' calls coalesce.
+    - ``max_concurrency`` (32): requests in flight at most (senders start lazily; a quiet
+      process uses one connection).
     - ``max_retries`` (10), ``initial_backoff`` (0.5 s), ``max_backoff`` (60 s),
-      ``max_retry_after`` (300 s), ``max_total_wait`` (600 s): the retry budget per request.
-    - ``max_requests_per_second`` (None): optional client-side rate limit; delays only.
+      ``max_retry_after`` (300 s; 0 ignores ``Retry-After``), ``max_total_wait`` (600 s):
+      the retry budget per request.
+    - ``max_requests_per_second`` (None): an optional hard cap; it delays, never drops. A
+      429 pauses (``Retry-After``) or slows down (without it) every lane by itself.
     - ``auth_cooldown`` (60 s): after a 401/403, messages fail fast for this long.
-    - ``timeout`` (10 s) and ``connect_timeout`` (5 s): per HTTP request.
-    - ``shutdown_timeout`` (5 s): bound of ``shutdown()`` and of the final flush at exit.
-    - ``flush_timeout`` (10 s): bound of a flush reached through the client
-      (``analytics.flush()``) without a ``timeout``.
-    - ``types``: Segment call types to send (default identify, track, page, alias).
-    - ``page_event_format`` ("Viewed {name} Page") and ``page_event_default``
-      ("Loaded a Page"): how page calls are named as events.
+    - ``timeout`` (10 s): the bound of each whole attempt; ``connect_timeout`` (5 s).
+    - ``shutdown_timeout`` (5 s): bound of ``shutdown()`` and of the final flush at exit;
+      ``flush_timeout`` (10 s): bound of a flush reached through the client
+      (``analytics.flush()``) without a timeout.
+    - ``types``: Segment call types to send (default identify, track, page, alias; add
+      ``screen`` to send screens as events).
+    - ``events`` / ``ignore_events``: allow-list / deny-list of event names as sent to
+      Sprig (track events, page and screen names), exact or glob (``"Order *"``).
+    - ``page_event_format`` ("Viewed {name} Page"), ``page_event_default`` ("Loaded a
+      Page"), ``screen_event_format`` ("Viewed {name} Screen"), ``screen_event_default``
+      ("Loaded a Screen"): how page and screen calls are named as events.
+    - ``disable_cloud_destination`` (False): for each call forwarded here, the copy sent to
+      Segment's servers says ``"Sprig": false`` (and the two other names), so a cloud-mode
+      Sprig destination on the same source does not deliver it twice.
     - ``proxy``: an HTTP proxy URL (environment proxies are not used).
     """
 
@@ -70,9 +83,10 @@ class SprigDestination:
         *,
         endpoint: str = DEFAULT_ENDPOINT,
         on_error: Optional[OnError] = None,
+        on_delivered: Optional[OnDelivered] = None,
         max_queue_size: int = 10000,
         flush_interval: float = 0.5,
-        max_batch_size: int = 10000,
+        max_concurrency: int = 32,
         max_retries: int = 10,
         initial_backoff: float = 0.5,
         max_backoff: float = 60.0,
@@ -85,69 +99,76 @@ class SprigDestination:
         shutdown_timeout: float = 5.0,
         flush_timeout: float = 10.0,
         types: Iterable[str] = DEFAULT_TYPES,
+        events: Optional[Collection[str]] = None,
+        ignore_events: Optional[Collection[str]] = None,
         page_event_format: str = DEFAULT_PAGE_EVENT_FORMAT,
         page_event_default: str = DEFAULT_PAGE_EVENT_DEFAULT,
+        screen_event_format: str = DEFAULT_SCREEN_EVENT_FORMAT,
+        screen_event_default: str = DEFAULT_SCREEN_EVENT_DEFAULT,
+        disable_cloud_destination: bool = False,
         proxy: Optional[str] = None,
     ) -> None:
-        if on_error is not None and not callable(on_error):
-            raise TypeError("on_error must be callable as on_error(exception, messages)")
+        options.callback("on_error", on_error, "on_error(exception, messages)")
+        options.callback("on_delivered", on_delivered, "on_delivered(messages)")
         if max_requests_per_second is not None:
-            _number("max_requests_per_second", max_requests_per_second, minimum=0,
-                    allow_zero=False)
-        if isinstance(types, str):
-            raise TypeError("types must be a collection of call types, not a str")
-        try:
-            self._types: FrozenSet[str] = frozenset(types)
-        except TypeError:  # None, a number, unhashable items: say which option is wrong
-            raise TypeError(
-                f"types must be a collection of call types, got {type(types).__name__}"
-            ) from None
-        unknown = self._types - SEGMENT_TYPES
-        if unknown:
-            # repr-sorted: sorting mixed str/int would itself raise TypeError.
-            names = ", ".join(sorted(map(repr, unknown)))
-            raise ConfigurationError(f"unknown Segment call types: {names}")
-        for name, text in (("page_event_format", page_event_format),
-                           ("page_event_default", page_event_default)):
-            if not isinstance(text, str) or not text:
-                raise ConfigurationError(f"{name} must be a non-empty str")
-        try:
-            page_event_format.format(name="x", category="y")
-        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
-            raise ConfigurationError(
-                f"page_event_format may use only {{name}} and {{category}}: {exc}"
-            ) from None
-        retry = RetryPolicy(
-            max_retries=_integer("max_retries", max_retries, minimum=0),
-            initial_backoff=_number("initial_backoff", initial_backoff, minimum=0),
-            max_backoff=_number("max_backoff", max_backoff, minimum=0),
-            max_retry_after=_number("max_retry_after", max_retry_after, minimum=0),
-            max_total_wait=_number("max_total_wait", max_total_wait, minimum=0),
+            options.number("max_requests_per_second", max_requests_per_second, minimum=0,
+                           allow_zero=False)
+        if not isinstance(disable_cloud_destination, bool):
+            raise TypeError("disable_cloud_destination must be a bool")
+        self._types = options.call_types(types)
+        planner = SprigPlanner(
+            types=self._types,
+            page=options.naming("page", page_event_format, page_event_default),
+            screen=options.naming("screen", screen_event_format, screen_event_default),
+            events=options.event_names("events", events),
+            ignore_events=options.event_names("ignore_events", ignore_events),
+        )
+        self._retry = RetryPolicy(
+            max_retries=options.integer("max_retries", max_retries, minimum=0),
+            initial_backoff=options.number("initial_backoff", initial_backoff, minimum=0),
+            max_backoff=options.number("max_backoff", max_backoff, minimum=0),
+            max_retry_after=options.number("max_retry_after", max_retry_after, minimum=0),
+            max_total_wait=options.number("max_total_wait", max_total_wait, minimum=0),
         )
         self._api = SprigClient(
             api_key,
             endpoint=endpoint,
-            timeout=_number("timeout", timeout, minimum=0, allow_zero=False),
-            connect_timeout=_number("connect_timeout", connect_timeout, minimum=0,
-                                    allow_zero=False),
+            timeout=options.number("timeout", timeout, minimum=0, allow_zero=False),
+            connect_timeout=options.number("connect_timeout", connect_timeout, minimum=0,
+                                           allow_zero=False),
             proxy=proxy,
         )
         self.endpoint = self._api.endpoint
-        self._flush_timeout = _number("flush_timeout", flush_timeout, minimum=0)
-        self._retry = retry
-        self._worker = DeliveryWorker(
-            self._api,
-            max_queue_size=_integer("max_queue_size", max_queue_size, minimum=1),
-            flush_interval=_number("flush_interval", flush_interval, minimum=0,
-                                   allow_zero=False),
-            max_batch_size=_integer("max_batch_size", max_batch_size, minimum=1),
-            retry=retry,
-            max_requests_per_second=max_requests_per_second,
-            auth_cooldown=_number("auth_cooldown", auth_cooldown, minimum=0),
-            shutdown_timeout=_number("shutdown_timeout", shutdown_timeout, minimum=0),
-            on_error=on_error,
-            page=PageNaming(page_event_format, page_event_default),
+        self._flush_timeout = options.number("flush_timeout", flush_timeout, minimum=0)
+        self._timeline = Pipeline()
+        self._sender = SprigSender(
+            self._api, planner,
+            auth_cooldown=options.number("auth_cooldown", auth_cooldown, minimum=0),
+            timeline=self._timeline,
         )
+        self._worker: BatchWorker[Payload, Payload] = BatchWorker(
+            self._sender,
+            max_queue_size=options.integer("max_queue_size", max_queue_size, minimum=1),
+            linger=options.number("flush_interval", flush_interval, minimum=0,
+                                  allow_zero=False),
+            max_concurrency=options.integer("max_concurrency", max_concurrency, minimum=1),
+            max_requests_per_second=max_requests_per_second,
+            retry=self._retry,
+            shutdown_timeout=options.number("shutdown_timeout", shutdown_timeout, minimum=0),
+            on_error=on_error,
+            on_delivered=on_delivered,
+        )
+        self._cloud = threading.local()
+        self._cloud_guard = disable_cloud_destination
+        if disable_cloud_destination:
+            # Only then does the plugin have an enrich hook (an instance attribute pluggy
+            # finds): everyone else's hot path stays one hook call.
+            guard = self._guard_cloud
+
+            def analytics_enrich(message: Message) -> None:
+                guard(message)
+
+            self.analytics_enrich = hookimpl(analytics_enrich)
 
     def __repr__(self) -> str:
         return f"SprigDestination(endpoint={self.endpoint!r}, api_key='***')"
@@ -156,16 +177,50 @@ class SprigDestination:
 
     @hookimpl
     def analytics_destination(self, message: Message, client: Any) -> None:
-        """Route the call; queue it for Sprig (or deliver now in ``sync_mode``)."""
-        # The body of send(), inlined: this runs on the app's thread for every call.
-        reason = skip_reason(message, self._types)
-        if reason is not None:
-            self._worker.skip(reason)
+        """Route the call; hand it to the delivery engine (or deliver now in ``sync_mode``)."""
+        # Runs on the app's thread for every call: routing and a hand-off, nothing more.
+        worker = self._worker
+        try:
+            if self._cloud_guard:
+                message = self._with_app_integrations(message)
+            reason = skip_reason(message, self._types)
+        except Exception as exc:  # a hostile value in the message: that message only
+            worker.reject(self._sender.rejected((message, client), exc))
             return
-        if client.sync_mode:
-            self._worker.deliver_now(message)
+        if reason is not None:
+            worker.skip(reason)
+        elif client.sync_mode:
+            worker.deliver_now((message, client))
         else:
-            self._worker.put(message)
+            worker.put((message, client))
+
+    def _guard_cloud(self, message: Message) -> None:
+        """``analytics_enrich`` with ``disable_cloud_destination``: before Segment queues
+        a call this plugin forwards, Segment's copy gets the three names ``false``."""
+        self._cloud.__dict__.pop("stash", None)
+        try:
+            integrations = message.get("integrations")
+            user_id = message.get("userId")
+            forwarded = (message.get("type") in self._types
+                         and user_id is not None and user_id != ""
+                         and integrations_allow(integrations))
+        except Exception:
+            return  # the destination hook accounts for the hostile message
+        if not forwarded:
+            return
+        guarded = dict(integrations or {})
+        guarded.update(_CLOUD_OFF)
+        message["integrations"] = guarded  # a new dict: the app's own is left as it was
+        self._cloud.stash = (guarded, integrations)
+
+    def _with_app_integrations(self, message: Message) -> Message:
+        """The message as the app made it, for routing (``disable_cloud_destination``)."""
+        stash = self._cloud.__dict__.pop("stash", None)
+        if stash is None or message.get("integrations") != stash[0]:
+            return message
+        routed = dict(message)
+        routed["integrations"] = stash[1] if stash[1] is not None else {}
+        return routed
 
     @hookimpl
     def analytics_flush(self, timeout: Optional[float]) -> bool:
@@ -174,8 +229,44 @@ class SprigDestination:
 
     @hookimpl
     def analytics_shutdown(self, timeout: Optional[float]) -> None:
-        """Flush and stop the worker (see :meth:`shutdown`)."""
+        """Flush and stop the workers (``timeout=None``: ``shutdown_timeout``)."""
         self.shutdown(timeout)
+
+    # -- the destination's own plugins ------------------------------------------------------
+
+    def add_plugin(self, plugin: object, name: Optional[str] = None) -> object:
+        """Register a plugin on this destination only (a destination timeline).
+
+        Its ``analytics_before`` / ``analytics_enrich`` hooks see a copy of each call routed
+        to Sprig (never Segment's dict), on the delivery thread, before mapping: they may
+        change it (rename an event, strip a trait) or drop it (``False``: counted as
+        ``skipped_plugin``) for Sprig alone. ``analytics_after`` then gets the call and
+        whether it was queued for Sprig. ``analytics_destination`` hooks are refused here.
+        Exceptions are logged and counted (``stats()["plugin_errors"]``), never raised.
+        """
+        timeline = self._timeline
+        timeline.add(plugin, name)
+        if timeline.has_destinations:
+            timeline.remove(plugin)
+            raise ValueError(
+                "a destination's own plugins take analytics_before, analytics_enrich and "
+                "analytics_after hooks; analytics_destination belongs on the client"
+            )
+        return plugin
+
+    def remove_plugin(self, plugin: object) -> None:
+        """Unregister a plugin from this destination (no error if it was not registered)."""
+        self._timeline.remove(plugin)
+
+    def find_plugin(self, key: PluginKey) -> Optional[object]:
+        """The first of this destination's plugins that is an instance of ``key`` (a class)
+        or was registered under the name ``key`` (a str); ``None`` if there is none."""
+        found = self._timeline.find(key)
+        return found[0] if found else None
+
+    def find_plugins(self, key: PluginKey) -> List[object]:
+        """Every plugin :meth:`find_plugin` would match, in registration order."""
+        return self._timeline.find(key)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -184,38 +275,67 @@ class SprigDestination:
 
         For callers outside an analytics-python client (replaying exported events).
         """
-        reason = skip_reason(message, self._types)
+        worker = self._worker
+        try:
+            reason = skip_reason(message, self._types)
+        except Exception as exc:
+            worker.reject(self._sender.rejected((message, None), exc))
+            return
         if reason is not None:
-            self._worker.skip(reason)
+            worker.skip(reason)
         elif sync:
-            self._worker.deliver_now(message)
+            worker.deliver_now((message, None))
         else:
-            self._worker.put(message)
+            worker.put((message, None))
+
+    def send_batch(self, messages: Iterable[Message]) -> None:
+        """Route, map and coalesce ``messages`` as if they waited together, then queue the
+        resulting requests, each sent as it is, in order.
+
+        For replaying exports: the requests are exactly those ``planner().bodies()``
+        (``analytics-sprig replay --dry-run``) shows for the same messages.
+        """
+        bodies, others = self._sender.planner.bodies(messages)
+        worker = self._worker
+        for plan in others:
+            worker.account(plan)
+        worker.put_bodies([(body.key, body.payload, body.refs) for body in bodies])
+
+    def planner(self) -> SprigPlanner:
+        """The routing, filtering and mapping this destination applies (read-only use)."""
+        return self._sender.planner
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Block until every queued message is delivered or failed; ``True`` when drained.
+        """Send what is pending now and block until it settled; ``True`` when drained.
 
-        Returns ``False`` if ``timeout`` seconds pass first. Never waits on an auth
-        cool-down (such messages fail at once).
+        Returns ``False`` if ``timeout`` seconds pass first (the rest stays pending and
+        is still sent). Never waits on an auth cool-down (such messages fail at once).
         """
-        return self._worker.flush(timeout)
+        drained = self._worker.flush(timeout)
+        return self._timeline.flush(timeout) and drained
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
-        """Flush, then stop the worker; returns within ``timeout`` (default
+        """Flush, then stop the workers; returns within ``timeout`` (default
         ``shutdown_timeout``) even if Sprig is unreachable. What is still pending then is
         dropped and reported through ``on_error``. Later messages are dropped.
         """
         self._worker.shutdown(timeout)
+        self._timeline.shutdown(timeout)
 
     def stats(self) -> Dict[str, int]:
         """Counters, as a plain dict.
 
         ``received == skipped + delivered + failed + dropped + pending`` at every moment.
-        Also ``requests`` (HTTP requests made), ``retries``, ``auth_errors`` and the
-        breakdowns ``skipped_<reason>`` (integrations, type, anonymous, unmappable) and
-        ``dropped_<reason>`` (queue_full, shutdown).
+        Also ``requests`` (HTTP requests made), ``retries``, ``auth_errors``,
+        ``in_flight``, ``concurrency`` (the current limit, lower after 429s), and the
+        breakdowns ``skipped_<reason>`` (integrations, type, anonymous, unmappable,
+        event_filter, plugin), ``failed_invalid`` and ``dropped_<reason>`` (queue_full,
+        shutdown).
         """
-        return self._worker.stats()
+        stats = self._worker.stats()
+        stats["auth_errors"] = self._sender.auth_errors
+        stats["plugin_errors"] = self._timeline.plugin_errors
+        return stats
 
     def purge(
         self,
@@ -226,32 +346,30 @@ class SprigDestination:
         """Delete visitors from Sprig (privacy requests) via ``POST /v2/purge/visitors``.
 
         Sends at most 100 visitors per request, in the caller's thread, retrying like
-        delivery does. Returns the request ids Sprig gave. Raises :class:`SprigError` if a
-        request fails for good (earlier chunks stay submitted).
+        delivery does (each attempt bounded by ``timeout``). Returns the request ids
+        Sprig gave. Raises :class:`SprigError` if a request fails for good (earlier
+        chunks stay submitted).
         """
-        for name, values in (("user_ids", user_ids), ("emails", emails)):
-            if isinstance(values, (str, bytes)):
-                raise TypeError(f"{name} must be a collection of str, not a single str")
-            bad = [v for v in values if not isinstance(v, str) or not v]
-            if bad:
-                raise TypeError(f"{name} must hold non-empty str values")
+        ids = list(options.strings("user_ids", user_ids))
+        addresses = list(options.strings("emails", emails))
         if delay_seconds is not None:
-            _integer("delay_seconds", delay_seconds, minimum=0)
+            options.integer("delay_seconds", delay_seconds, minimum=0)
         request_ids: List[str] = []
-        for chunk in purge_chunks(list(user_ids), list(emails)):
-            request_id = self._with_retries(
-                lambda chunk=chunk: self._api.purge_chunk(  # type: ignore[misc]
-                    user_ids=chunk.get("userIds", ()),
-                    emails=chunk.get("emails", ()),
-                    delay_seconds=delay_seconds,
-                )
-            )
-            if request_id is not None:
-                request_ids.append(request_id)
-        return request_ids
 
-    def _with_retries(self, send: Callable[[], Optional[str]]) -> Optional[str]:
         def on_retry(exc: BaseException, delay: float) -> None:
             logger.debug("purge request failed (%s); retrying in %.2fs", exc, delay)
 
-        return retry_call(send, self._retry, time.sleep, on_retry)
+        with self._api.session() as session:
+            for chunk in purge_chunks(ids, addresses):
+                def send(chunk: Dict[str, List[str]] = chunk) -> Optional[str]:
+                    return session.purge_chunk(
+                        user_ids=chunk.get("userIds", ()),
+                        emails=chunk.get("emails", ()),
+                        delay_seconds=delay_seconds,
+                    )
+
+                request_id = retry_call(send, self._retry, time.sleep, on_retry)
+                if request_id is not None:
+                    request_ids.append(request_id)
+        return request_ids
+

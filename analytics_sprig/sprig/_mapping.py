@@ -1,7 +1,8 @@
-"""Segment message -> Sprig ``POST /v2/users`` body: pure functions, no I/O.
+"""Segment message -> Sprig ``POST /v2/users`` body, and how bodies merge: pure, no I/O.
 
 Nothing here raises on odd input: every value is kept, coerced or dropped by the rules in
-the design (see :func:`attributes_from_traits`).
+the design (see :func:`attributes_from_traits`); a value whose ``__str__``/``__eq__``/
+``__hash__`` raises costs only that value, never the message.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -24,6 +25,10 @@ MAX_DEPTH = 32
 
 DEFAULT_PAGE_EVENT_FORMAT = "Viewed {name} Page"
 DEFAULT_PAGE_EVENT_DEFAULT = "Loaded a Page"
+DEFAULT_SCREEN_EVENT_FORMAT = "Viewed {name} Screen"
+DEFAULT_SCREEN_EVENT_DEFAULT = "Loaded a Screen"
+#: The overflow warning names at most this many of the dropped attributes.
+_NAMED_IN_WARNING = 10
 
 Payload = Dict[str, Any]
 _FRACTION = re.compile(r"(\.\d+)")
@@ -60,50 +65,59 @@ def _joined(values: Iterable[Any], sort: bool = False) -> Optional[str]:
         scalar = _scalar(item)
         if scalar is None:
             return None  # a list holding dicts/lists/NaN is not a list of scalars
-        parts.append(str(scalar))
+        parts.append(scalar if type(scalar) is str else _text(scalar))
     if sort:
         parts.sort()  # sets: a stable order (sorting the items by repr() can raise)
     return ",".join(parts)
 
 
+def _text(value: Any) -> str:
+    """``value`` as an exact ``str`` (a str subclass may override ``__str__``/``__hash__``)."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    return str(value)
+
+
 def _flatten(prefix: str, traits: Mapping[Any, Any], out: Dict[str, Any], depth: int) -> None:
     for raw_key, value in traits.items():
         try:
-            key = f"{prefix}{raw_key}"
-        except ValueError:  # an int key too long to write (see _scalar)
+            key = prefix + _text(raw_key)
+            if isinstance(value, Mapping):
+                if depth < MAX_DEPTH:
+                    _flatten(key + ".", value, out, depth + 1)
+                continue
+            if not key or key.startswith("!"):
+                continue  # "!"-keys are reserved by Sprig
+            if isinstance(value, (list, tuple, set, frozenset)):
+                converted = _joined(value, sort=isinstance(value, (set, frozenset)))
+            else:
+                converted = _scalar(value)
+        except Exception:  # a hostile key or value: drop that one attribute only
+            logger.debug("dropped an attribute whose value could not be read", exc_info=True)
             continue
-        if isinstance(value, Mapping):
-            if depth < MAX_DEPTH:
-                _flatten(key + ".", value, out, depth + 1)
-            continue
-        if not key or key.startswith("!"):
-            continue  # "!"-keys are reserved by Sprig
-        if isinstance(value, (list, tuple, set, frozenset)):
-            joined = _joined(value, sort=isinstance(value, (set, frozenset)))
-            if joined is not None:
-                out[key] = joined
-            continue
-        scalar = _scalar(value)
-        if scalar is not None:
-            out[key] = scalar
+        if converted is not None:
+            out[key] = converted
 
 
 def attributes_from_traits(
-    traits: Mapping[Any, Any], limit: int = MAX_ATTRIBUTES
-) -> Tuple[Dict[str, Any], int]:
-    """Flatten Segment traits into Sprig attributes; return ``(attributes, n_over_cap)``.
+    traits: Mapping[Any, Any], limit: int = MAX_ATTRIBUTES, *, without: Tuple[str, ...] = ()
+) -> Tuple[Dict[str, Any], List[str]]:
+    """Flatten Segment traits into Sprig attributes; return ``(attributes, dropped_names)``.
 
     Nested dicts become dotted keys (``plan.tier``); str/int/float/bool are kept (booleans
     stay booleans, NaN/inf dropped); datetimes become ISO strings; ``None`` is dropped;
     lists of scalars are joined with ``,``; other values are dropped; keys starting with
-    ``!`` are dropped; the first ``limit`` attributes are kept, the rest counted.
+    ``!`` and the keys in ``without`` are dropped; the first ``limit`` attributes are kept
+    and the names of the others returned.
     """
     flat: Dict[str, Any] = {}
     _flatten("", traits, flat, 0)
-    over = len(flat) - limit
-    if over <= 0:
-        return flat, 0
-    return dict(list(flat.items())[:limit]), over
+    for name in without:
+        flat.pop(name, None)
+    if len(flat) <= limit:
+        return flat, []
+    names = list(flat)
+    return {name: flat[name] for name in names[:limit]}, names[limit:]
 
 
 def epoch_millis(timestamp: Any, now: Optional[datetime] = None) -> int:
@@ -145,45 +159,66 @@ def _parse_iso(text: str) -> Optional[datetime]:
 
 def _email(value: Any) -> Optional[str]:
     if isinstance(value, str) and value.strip():
-        return value
+        return _text(value)
     return None
 
 
 @dataclass(frozen=True)
-class PageNaming:
-    """How page calls are named as Sprig events."""
+class EventNaming:
+    """How page (or screen) calls are named as Sprig events."""
 
     name_format: str = DEFAULT_PAGE_EVENT_FORMAT
     default: str = DEFAULT_PAGE_EVENT_DEFAULT
 
 
-_DEFAULT_PAGE_NAMING = PageNaming()
+PAGE_NAMING = EventNaming()
+SCREEN_NAMING = EventNaming(DEFAULT_SCREEN_EVENT_FORMAT, DEFAULT_SCREEN_EVENT_DEFAULT)
 
 
-def page_event_name(message: Mapping[str, Any], page: PageNaming = _DEFAULT_PAGE_NAMING) -> str:
-    """``Viewed {name} Page`` when the page call has a name, else ``Loaded a Page``."""
+def named_event(message: Mapping[str, Any], naming: EventNaming = PAGE_NAMING) -> str:
+    """``Viewed {name} Page`` when the call has a name, else ``Loaded a Page`` (or the
+    ``naming`` given, e.g. :data:`SCREEN_NAMING`)."""
     name = message.get("name")
     if isinstance(name, str) and name:
         category = message.get("category")
         # Only a str: format() of any other object may raise (or run its __format__).
-        category = category if isinstance(category, str) else ""
-        return page.name_format.format(name=name, category=category)
-    return page.default
+        category = _text(category) if isinstance(category, str) else ""
+        return naming.name_format.format(name=_text(name), category=category)
+    return naming.default
+
+
+def event_name(message: Mapping[str, Any], page: EventNaming = PAGE_NAMING,
+               screen: EventNaming = SCREEN_NAMING) -> Optional[str]:
+    """The Sprig event a track/page/screen call becomes (``None`` for other calls or a
+    track without an event name)."""
+    kind = message.get("type")
+    if kind == "track":
+        event = message.get("event")
+        return _text(event) if isinstance(event, str) and event else None
+    if kind == "page":
+        return named_event(message, page)
+    if kind == "screen":
+        return named_event(message, screen)
+    return None
 
 
 def map_message(
-    message: Mapping[str, Any], page: PageNaming = _DEFAULT_PAGE_NAMING
+    message: Mapping[str, Any],
+    page: EventNaming = PAGE_NAMING,
+    screen: EventNaming = SCREEN_NAMING,
+    event: Optional[str] = None,
 ) -> Optional[Payload]:
     """Map one normalized Segment message to a ``/v2/users`` body (``None``: nothing to send).
 
-    identify -> ``{userId, emailAddress?, attributes}``; track and page -> ``{userId,
-    emailAddress?, events: [{event, timestamp}]}``; alias -> ``{userId}``.
+    identify -> ``{userId, emailAddress?, attributes}``; track, page and screen -> ``{userId,
+    emailAddress?, events: [{event, timestamp}]}``; alias -> ``{userId}``. ``event`` is the
+    event name when the caller already computed it (:func:`event_name`).
     """
     user_id = message.get("userId")
     if user_id is None or user_id == "":
         return None
     try:
-        payload: Payload = {"userId": str(user_id)}
+        payload: Payload = {"userId": _text(user_id)}
     except ValueError:  # an int id too long to write as text (Python 3.11+)
         return None
     kind = message.get("type")
@@ -193,24 +228,24 @@ def map_message(
         email = _email(traits.get("email"))
         if email is not None:
             payload["emailAddress"] = email
-            traits = {k: v for k, v in traits.items() if k != "email"}
-        attributes, over = attributes_from_traits(traits)
-        if over:
+        attributes, dropped = attributes_from_traits(
+            traits, without=("email",) if email is not None else ()
+        )
+        if dropped:
+            shown = ", ".join(repr(name) for name in dropped[:_NAMED_IN_WARNING])
+            more = len(dropped) - _NAMED_IN_WARNING
             logger.warning(
-                "identify for userId %r has %d attributes over Sprig's cap of %d; dropped them",
-                payload["userId"], over, MAX_ATTRIBUTES,
+                "identify for userId %r has %d attribute%s over Sprig's cap of %d; dropped %s%s",
+                payload["userId"], len(dropped), "" if len(dropped) == 1 else "s",
+                MAX_ATTRIBUTES, shown, f" and {more} more" if more > 0 else "",
             )
         payload["attributes"] = attributes
         return payload
-    if kind == "track":
-        event = message.get("event")
-        if not isinstance(event, str) or not event:
-            return None
-    elif kind == "page":
-        event = page_event_name(message, page)
-    elif kind == "alias":
+    if kind == "alias":
         return payload
-    else:
+    if event is None:
+        event = event_name(message, page, screen)
+    if event is None:
         return None
     context = message.get("context")
     if isinstance(context, Mapping):
@@ -223,49 +258,36 @@ def map_message(
     return payload
 
 
-@dataclass
-class Batch:
-    """One ``/v2/users`` request body and the Segment messages it carries."""
-
-    body: Payload
-    messages: List[Mapping[str, Any]] = field(default_factory=list)
-
-
-def _fits(batch: Payload, payload: Payload) -> bool:
-    attrs = payload.get("attributes")
+def _fits(body: Payload, part: Payload) -> bool:
+    attrs = part.get("attributes")
     if attrs:
-        have = batch.get("attributes", {})
+        have = body.get("attributes", {})
         new_keys = sum(1 for key in attrs if key not in have)
         if len(have) + new_keys > MAX_ATTRIBUTES:
             return False
-    events = payload.get("events")
-    return not events or len(batch.get("events", ())) + len(events) <= MAX_EVENTS
+    events = part.get("events")
+    return not events or len(body.get("events", ())) + len(events) <= MAX_EVENTS
 
 
-def _merge(batch: Payload, payload: Payload) -> None:
-    if "emailAddress" in payload:
-        batch["emailAddress"] = payload["emailAddress"]
-    if "attributes" in payload:
-        batch.setdefault("attributes", {}).update(payload["attributes"])
-    if "events" in payload:
-        batch.setdefault("events", []).extend(payload["events"])
+class SprigMerger:
+    """How ``/v2/users`` bodies for one user merge: attributes in call order (later wins),
+    events appended in call order, at most 100 of each per body (then a new body starts).
+    Parts are never mutated."""
 
+    def start(self, key: str, part: Payload) -> Payload:
+        """A new body holding ``part``."""
+        body: Payload = {"userId": key}
+        self.merge(body, part)
+        return body
 
-def coalesce(items: Iterable[Tuple[Payload, Mapping[str, Any]]]) -> List[Batch]:
-    """Merge bodies for the same ``userId`` into as few requests as the caps allow.
-
-    Attributes merge in call order (later wins), events are appended in call order, and a
-    user's requests keep their order. Bodies are not mutated.
-    """
-    open_batches: Dict[str, Batch] = {}
-    batches: List[Batch] = []
-    for payload, message in items:
-        user_id = payload["userId"]
-        batch = open_batches.get(user_id)
-        if batch is None or not _fits(batch.body, payload):
-            batch = Batch({"userId": user_id})
-            open_batches[user_id] = batch
-            batches.append(batch)
-        _merge(batch.body, payload)
-        batch.messages.append(message)
-    return batches
+    def merge(self, body: Payload, part: Payload) -> bool:
+        """Merge ``part`` into ``body`` if the caps allow; ``False`` (unchanged) if not."""
+        if not _fits(body, part):
+            return False
+        if "emailAddress" in part:
+            body["emailAddress"] = part["emailAddress"]
+        if "attributes" in part:
+            body.setdefault("attributes", {}).update(part["attributes"])
+        if "events" in part:
+            body.setdefault("events", []).extend(part["events"])
+        return True

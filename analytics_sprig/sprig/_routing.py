@@ -5,6 +5,7 @@ Runs on the app's thread for every call, so it does dictionary look-ups only.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, FrozenSet, Mapping, Optional
 
 #: The names the Integrations object may use for this destination (case-sensitive).
@@ -16,11 +17,26 @@ SEGMENT_TYPES: FrozenSet[str] = frozenset(
 #: Segment call types the Sprig destination sends by default.
 DEFAULT_TYPES: FrozenSet[str] = frozenset({"identify", "track", "page", "alias"})
 
-#: Skip reasons, as counted in ``stats()`` under ``skipped_<reason>``.
-SKIP_INTEGRATIONS = "integrations"
-SKIP_TYPE = "type"
-SKIP_ANONYMOUS = "anonymous"
-SKIP_REASONS = (SKIP_INTEGRATIONS, SKIP_TYPE, SKIP_ANONYMOUS)
+
+class SkipReason(str, enum.Enum):
+    """Why a message does not go to Sprig; counted in ``stats()`` as ``skipped_<value>``."""
+
+    INTEGRATIONS = "integrations"  # the Integrations object opted it out
+    TYPE = "type"  # a call type this destination does not send (group, screen)
+    ANONYMOUS = "anonymous"  # no userId: Sprig requires one
+    UNMAPPABLE = "unmappable"  # nothing Sprig can represent (a track without an event)
+    EVENT_FILTER = "event_filter"  # the events= / ignore_events= options
+    PLUGIN = "plugin"  # a destination-scoped plugin dropped it
+
+
+class FailReason(str, enum.Enum):
+    """Why a message failed before any request; counted as ``failed_<value>``."""
+
+    INVALID = "invalid"  # a value misbehaved (raising __str__, __eq__, __hash__...)
+
+
+#: The reasons routing itself gives (the others come from planning).
+SKIP_REASONS = (SkipReason.INTEGRATIONS, SkipReason.TYPE, SkipReason.ANONYMOUS)
 
 
 def integrations_allow(integrations: Optional[Mapping[str, Any]]) -> bool:
@@ -44,12 +60,15 @@ def integrations_allow(integrations: Optional[Mapping[str, Any]]) -> bool:
 
 def skip_reason(
     message: Mapping[str, Any], types: FrozenSet[str] = DEFAULT_TYPES
-) -> Optional[str]:
-    """Return why ``message`` does not go to Sprig, or ``None`` if it does."""
+) -> Optional[SkipReason]:
+    """Return why ``message`` does not go to Sprig, or ``None`` if it does.
+
+    May raise if a value in the message misbehaves (the caller accounts for that).
+    """
     if not integrations_allow(message.get("integrations")):
-        return SKIP_INTEGRATIONS
+        return SkipReason.INTEGRATIONS
     if message.get("type") not in types:
-        return SKIP_TYPE
+        return SkipReason.TYPE
     if not message.get("userId"):
-        return SKIP_ANONYMOUS
+        return SkipReason.ANONYMOUS
     return None

@@ -1,0 +1,638 @@
+"""The delivery engine: a bounded hand-off, one planner thread, a few sender threads.
+
+Data flows one way: the app's thread appends a message to the *inbox* (a deque, under a
+lock held for a few attribute updates: never I/O, never a wait); the *planner* thread asks
+the backend to route and map each message and merges it into its key's lane
+(:mod:`._lanes`); *sender* threads, started lazily up to the throttle's concurrency, take
+due lane heads and send them, parking retries and obeying the shared :class:`Throttle`.
+Every outcome goes through the :class:`Ledger`.
+
+Bounds: the inbox and the lanes each hold at most ``max_queue_size`` (messages, bodies);
+every wait has a timeout; ``flush``/``shutdown`` return by their deadline; after ``fork()``
+the child starts with an empty engine and no threads; at interpreter exit, pending
+messages get a final flush bounded by ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Deque, Dict, Generic, List, Optional, Tuple, TypeVar
+
+from ._backend import Backend, Part, Plan, Reject, Session, Skip
+from ._lanes import Body, Lanes
+from ._ledger import DropReason, Ledger, OnDelivered, OnError, Outcome
+from ._limits import Throttle
+from ._retry import RetryPolicy, RetryState, next_delay
+
+logger = logging.getLogger("analytics_sprig")
+
+P = TypeVar("P")
+B = TypeVar("B")
+
+#: While messages keep coming, the planner takes them in batches this often instead of
+#: being woken for each one (waking costs the app's thread ~0.5 µs per call).
+PLAN_INTERVAL = 0.05
+#: The planner places at most this many messages per hold of the lock (app threads wait
+#: for it meanwhile).
+PLACE_CHUNK = 64
+#: A spare sender thread with no work for this long exits (the last one stays).
+IDLE_EXIT = 10.0
+#: A lane head waits at most this many ``linger`` periods after its first message.
+MAX_LINGER_FACTOR = 10
+
+_live: weakref.WeakSet[BatchWorker[Any, Any]] = weakref.WeakSet()
+
+_Report = Tuple[Outcome, List[Any], Optional[BaseException], Any]
+
+
+class BatchWorker(Generic[P, B]):
+    """Buffer, threads, limits and accounting behind one destination."""
+
+    def __init__(
+        self,
+        backend: Backend[P, B, Any],
+        *,
+        max_queue_size: int,
+        linger: float,
+        max_concurrency: int,
+        max_requests_per_second: Optional[float],
+        retry: RetryPolicy,
+        shutdown_timeout: float,
+        on_error: Optional[OnError] = None,
+        on_delivered: Optional[OnDelivered] = None,
+    ) -> None:
+        self._backend = backend
+        self._max_queue_size = max_queue_size
+        self._linger = linger
+        self._max_concurrency = max_concurrency
+        self._max_rps = max_requests_per_second
+        self._retry = retry
+        self.shutdown_timeout = shutdown_timeout
+        self._ledger = Ledger(
+            name=backend.name,
+            describe=backend.describe,
+            skip_reasons=backend.skip_reasons,
+            fail_reasons=backend.fail_reasons,
+            on_error=on_error,
+            on_delivered=on_delivered,
+        )
+        self._reset()
+        _live.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state: at construction and in a forked child."""
+        ledger = self._ledger
+        ledger.reset()
+        self._lock = ledger.lock
+        self._work = threading.Condition(self._lock)  # senders wait here
+        self._arrivals = threading.Condition(self._lock)  # the planner waits here
+        self._inbox: Deque[Any] = deque()
+        self._planning: List[Any] = []  # popped from the inbox by the planner
+        self._placed = 0  # how many of those are in their lanes already
+        # Items handed to / placed by the planner, ever: a flush makes bodies due only
+        # once the planner placed what had arrived before it (a half-planned user's body
+        # would otherwise go out without the calls still in the inbox).
+        self._handed = 0
+        self._planned = 0
+        self._flush_mark = 0
+        self._epoch = 0  # bumped when everything pending is written off
+        self._lanes: Lanes[P, B] = Lanes(
+            self._backend.merger,
+            max_bodies=self._max_queue_size,
+            linger=self._linger,
+            max_linger=self._linger * MAX_LINGER_FACTOR,
+        )
+        self._pressure = max(1, self._max_queue_size // 2)
+        self._throttle = Throttle(self._max_concurrency, self._max_rps)
+        self._planner: Optional[threading.Thread] = None
+        self._threads: List[threading.Thread] = []
+        self._senders = 0
+        self._idle = 0
+        self._in_flight = 0
+        self._planner_asleep = False
+        self._overflowing = False
+        self._flushing = 0
+        self._closed = False
+        self._aborted = False
+        self._sync_session: Optional[Session] = None
+        self._sync_lock = threading.Lock()
+
+    # -- the app's thread -----------------------------------------------------------------
+
+    def skip(self, reason: Any) -> None:
+        """Count a message the destination's routing skipped on the app's thread."""
+        with self._lock:
+            self._ledger.skip_received(reason)
+
+    def reject(self, plan: Reject) -> None:
+        """Count and report a message that failed before it could be handed off."""
+        self.account(plan)
+
+    def account(self, plan: Plan[P]) -> None:
+        """Count a message planned elsewhere that sends nothing (skipped or rejected)."""
+        with self._lock:
+            self._ledger.received += 1
+            self._ledger.pending += 1
+        self._settle_plan(plan)
+
+    def put(self, item: Any) -> None:
+        """Hand ``item`` to the planner without blocking; drop it at the bound."""
+        with self._lock:
+            ledger = self._ledger
+            ledger.received += 1
+            inbox = self._inbox
+            if self._closed or len(inbox) >= self._max_queue_size:
+                dropped = True
+                ledger.pending += 1
+                reason = DropReason.SHUTDOWN if self._closed else DropReason.QUEUE_FULL
+                ledger.settle(Outcome.DROPPED, 1, reason)
+                ledger.begin_report()
+            else:
+                dropped = False
+                inbox.append(item)
+                self._handed += 1
+                ledger.pending += 1
+                if self._planner_asleep:
+                    self._planner_asleep = False
+                    self._arrivals.notify()
+                if self._planner is not None:
+                    return
+        if dropped:
+            self._report_drop(reason, [self._backend.ref(item)])
+        else:
+            self._start()
+
+    def put_bodies(self, bodies: List[Tuple[str, B, List[Any]]]) -> None:
+        """Queue bodies built elsewhere (a replay): each is sent as it is, in order."""
+        with self._lock:
+            now = time.monotonic()
+            for key, payload, refs in bodies:
+                self._ledger.received += len(refs)
+                self._ledger.pending += len(refs)
+                self._lanes.add_body(key, payload, refs, now)
+            self._wake_senders(now, self._flushing_now())
+        self._start()
+
+    def deliver_now(self, item: Any) -> None:
+        """Plan and send ``item`` in the caller's thread (Segment's ``sync_mode``)."""
+        ledger = self._ledger
+        with self._lock:
+            ledger.received += 1
+            ledger.pending += 1
+            if self._closed:
+                ledger.settle(Outcome.DROPPED, 1, DropReason.SHUTDOWN)
+                ledger.begin_report()
+                closed = True
+            else:
+                closed = False
+        if closed:
+            self._report_drop(DropReason.SHUTDOWN, [self._backend.ref(item)])
+            return
+        plan = self._plan(item)
+        if not isinstance(plan, Part):
+            self._settle_plan(plan)
+            return
+        body: Body[B] = Body(plan.key, self._backend.merger.start(plan.key, plan.part),
+                             [plan.ref], time.monotonic(), -1)
+        with self._sync_lock:
+            error = self._send_inline(body)
+        outcome = Outcome.DELIVERED if error is None else Outcome.FAILED
+        with self._lock:
+            ledger.settle(outcome, 1)
+            report = ledger.wants_report(outcome)
+            if report:
+                ledger.begin_report()
+        if report:
+            ledger.report(outcome, body.refs, error)
+
+    def _send_inline(self, body: Body[B]) -> Optional[BaseException]:
+        """Send with retries in this thread, sleeping between attempts."""
+        state = RetryState()
+        while True:
+            if self._sync_session is None:
+                self._sync_session = self._backend.open_session()
+            error = self._attempt_once(body, self._sync_session)
+            if error is None:
+                return None
+            step = next_delay(error, self._retry, state)
+            if step is None:
+                return error
+            with self._lock:
+                self._ledger.retries += 1
+            time.sleep(step[0])
+
+    # -- the planner thread ---------------------------------------------------------------
+
+    def _start(self) -> bool:
+        """Start the planner (and a first sender) if they are not running."""
+        with self._lock:
+            if self._planner is not None or self._aborted:
+                return self._planner is not None
+            thread = threading.Thread(target=self._plan_loop, name="analytics-sprig-planner",
+                                      daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutting down: flush() works inline instead
+                return False
+            self._planner = thread
+            self._threads.append(thread)
+        return True
+
+    def _plan_loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._inbox and not self._aborted and not self._flushing:
+                    # Let calls gather for a batch; nobody needs to wake us for them.
+                    self._arrivals.wait(PLAN_INTERVAL)
+                while not self._inbox and not self._aborted:
+                    self._planner_asleep = True
+                    self._arrivals.wait()
+                self._planner_asleep = False
+                if self._aborted:
+                    return
+                items = list(self._inbox)
+                self._inbox.clear()
+                self._planning = items
+                self._placed = 0
+                epoch = self._epoch
+            try:
+                self._plan_and_place(items, epoch)
+            except Exception:  # a bug must not stop delivery for the process's life
+                logger.exception("analytics_sprig planner error")
+
+    def _plan(self, item: Any) -> Plan[P]:
+        try:
+            return self._backend.plan(item)
+        except Exception as exc:  # plan() is total by contract; this guards against a bug
+            logger.exception("%s could not plan a message", self._backend.name)
+            return self._backend.rejected(item, exc)
+
+    def _plan_and_place(self, items: List[Any], epoch: int) -> None:
+        reports: List[_Report] = []
+        try:
+            for start in range(0, len(items), PLACE_CHUNK):
+                chunk = items[start : start + PLACE_CHUNK]
+                plans = [self._plan(item) for item in chunk]
+                with self._lock:
+                    if epoch != self._epoch:
+                        return  # written off at a shutdown deadline while we planned
+                    self._placed += len(chunk)
+                    self._planned += len(chunk)
+                    self._place(plans, reports)
+        finally:
+            for report in reports:
+                self._ledger.report(*report)
+
+    def _place(self, plans: List[Plan[P]], reports: List[_Report]) -> None:
+        """Put planned messages in their lanes (the caller holds the lock)."""
+        ledger = self._ledger
+        lanes = self._lanes
+        now = time.monotonic()
+        started = 0
+        for plan in plans:
+            if isinstance(plan, Part):
+                if lanes.add(plan.key, plan.part, plan.ref, now) is None:
+                    self._overflow(plan, reports)
+                else:
+                    started += 1
+            elif isinstance(plan, Skip):
+                ledger.settle(Outcome.SKIPPED, 1, plan.reason)
+            else:
+                ledger.settle(Outcome.FAILED, 1, plan.reason)
+                ledger.begin_report()
+                reports.append((Outcome.FAILED, [plan.ref], plan.error, plan.reason))
+        flushing = self._flushing_now()
+        if started or flushing:
+            self._wake_senders(now, flushing)
+
+    def _overflow(self, plan: Part[P], reports: List[_Report]) -> None:
+        """A message needs a body beyond ``max_queue_size``: drop it (caller holds lock)."""
+        self._ledger.settle(Outcome.DROPPED, 1, DropReason.QUEUE_FULL)
+        self._ledger.begin_report()
+        error = self._backend.dropped(
+            DropReason.QUEUE_FULL,
+            f"{self._backend.name} buffer is full (max_queue_size={self._max_queue_size} "
+            "bodies); message dropped",
+        )
+        reports.append((Outcome.DROPPED, [plan.ref], error, DropReason.QUEUE_FULL))
+
+    def _settle_plan(self, plan: Plan[P]) -> None:
+        """Account for a plan that sends nothing (sync mode)."""
+        reports: List[_Report] = []
+        with self._lock:
+            if isinstance(plan, Skip):
+                self._ledger.settle(Outcome.SKIPPED, 1, plan.reason)
+            elif isinstance(plan, Reject):
+                self._ledger.settle(Outcome.FAILED, 1, plan.reason)
+                self._ledger.begin_report()
+                reports.append((Outcome.FAILED, [plan.ref], plan.error, plan.reason))
+        for report in reports:
+            self._ledger.report(*report)
+
+    # -- sender threads -------------------------------------------------------------------
+
+    def _spawn_sender(self) -> None:
+        """Start one more sender (the caller holds the lock)."""
+        if self._aborted:
+            return
+        thread = threading.Thread(target=self._send_loop, name="analytics-sprig-sender",
+                                  daemon=True)
+        self._senders += 1
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutting down
+            self._senders -= 1
+            return
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    def _flushing_now(self) -> bool:
+        """Whether every lane head is due now: a flush (once what arrived before it is
+        planned), a shutdown, or a buffer half full."""
+        if self._lanes.bodies >= self._pressure:
+            return True
+        return bool(self._flushing or self._closed) and self._planned >= self._flush_mark
+
+    def _next_body(self) -> Optional[Body[B]]:
+        """Wait for the next body this thread may send; ``None``: the thread exits."""
+        idle_since = time.monotonic()
+        with self._lock:
+            while not self._aborted:
+                now = time.monotonic()
+                flushing = self._flushing_now()
+                throttle = self._throttle
+                wait = throttle.wait(now, self._in_flight)
+                if wait == 0:
+                    body = self._lanes.next_ready(now, flushing)
+                    if body is not None:
+                        self._lanes.dispatch(body, now)
+                        self._in_flight += 1
+                        throttle.started(now)
+                        self._wake_senders(now, flushing)
+                        return body
+                    due = self._lanes.next_time()
+                    wait = None if due is None else max(0.0, due - now)
+                if self._senders > 1 and now - idle_since >= IDLE_EXIT:
+                    break
+                self._idle += 1
+                try:
+                    self._work.wait(IDLE_EXIT if wait is None else min(wait, IDLE_EXIT))
+                finally:
+                    self._idle -= 1
+            self._senders -= 1
+            return None
+
+    def _wake_senders(self, now: float, flushing: bool) -> None:
+        """Work may be ready: wake an idle sender, or start one more (caller holds lock).
+
+        A sender that takes a body calls this again, so senders chain up quickly to the
+        throttle's concurrency while ready work lasts.
+        """
+        if self._idle:
+            if flushing:
+                self._work.notify_all()
+            else:
+                self._work.notify()
+            return
+        if self._senders >= self._throttle.concurrency:
+            return
+        if self._senders:
+            lanes = self._lanes
+            if not (flushing and lanes.has_waiting()):
+                due = lanes.next_time()
+                if due is None or due > now:
+                    return
+        self._spawn_sender()
+
+    def _send_loop(self) -> None:
+        session: Optional[Session] = None
+        try:
+            while True:
+                body = self._next_body()
+                if body is None:
+                    return
+                if session is None:
+                    session = self._backend.open_session()
+                self._attempt(body, session)
+        except Exception:
+            logger.exception("analytics_sprig sender thread failed")
+            with self._lock:
+                self._senders -= 1
+        finally:
+            if session is not None:
+                try:
+                    session.close()
+                except Exception:
+                    logger.debug("closing a session failed", exc_info=True)
+
+    def _attempt_once(self, body: Body[B], session: Session) -> Optional[BaseException]:
+        """One attempt; returns its error (``None``: sent). Counts the request."""
+        backend = self._backend
+        try:
+            backend.precheck()
+        except Exception as exc:
+            return exc  # failed fast, without a request
+        with self._lock:
+            self._ledger.requests += 1
+        try:
+            backend.send(session, body.payload)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _attempt(self, body: Body[B], session: Session) -> None:
+        error = self._attempt_once(body, session)
+        now = time.monotonic()
+        report: Optional[_Report] = None
+        with self._lock:
+            self._in_flight -= 1
+            self._work.notify()  # a slot is free: a waiting sender may go
+            if body.written_off:
+                return  # counted at a shutdown deadline while this attempt ran
+            ledger = self._ledger
+            throttle = self._throttle
+            if error is None:
+                throttle.succeeded(now)
+                outcome = Outcome.DELIVERED
+            else:
+                step = next_delay(error, self._retry, body.retry)
+                if step is not None:
+                    delay, server_pause = step
+                    ledger.retries += 1
+                    if server_pause:
+                        throttle.pause(now, delay)
+                    elif getattr(error, "throttled", False):
+                        throttle.throttled(now, body.started)
+                    self._lanes.park(body, now + delay)
+                    logger.debug("%s request failed (%s); retrying in %.2fs",
+                                 self._backend.name, error, delay)
+                    return
+                outcome = Outcome.FAILED
+            self._lanes.finish(body)
+            ledger.settle(outcome, len(body.refs))
+            if ledger.wants_report(outcome):
+                ledger.begin_report()
+                report = (outcome, body.refs, error, None)
+        if report is not None:
+            self._ledger.report(*report)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Send everything pending now; block until it settled or ``timeout`` passed.
+
+        ``True`` when nothing is pending. Inside ``on_error`` / ``on_delivered`` it does
+        not wait for the report it is part of.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        ledger = self._ledger
+        reentrant = ledger.in_callback()
+        with self._lock:
+            if not ledger.busy():
+                return True
+            self._flushing += 1
+            self._flush_mark = self._handed
+            self._arrivals.notify()
+            if self._lanes.bodies and not self._aborted:
+                self._wake_senders(time.monotonic(), self._flushing_now())
+            needs_start = self._planner is None and not self._aborted
+        try:
+            if needs_start and not self._start():
+                self._drain_inline(deadline)
+            with self._lock:
+
+                def done() -> bool:
+                    return not (ledger.pending if reentrant else ledger.busy())
+
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return ledger.changed.wait_for(done, remaining)
+        finally:
+            with self._lock:
+                self._flushing -= 1
+
+    def _drain_inline(self, deadline: Optional[float]) -> None:
+        """No thread can start (interpreter exit): plan and send from this thread."""
+        with self._lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+            self._planning = items
+            self._placed = 0
+            epoch = self._epoch
+        self._plan_and_place(items, epoch)
+        session = self._backend.open_session()
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                with self._lock:
+                    now = time.monotonic()
+                    body = self._lanes.next_ready(now, True)
+                    if body is not None:
+                        self._lanes.dispatch(body, now)
+                        self._in_flight += 1
+                    due = self._lanes.next_time()
+                if body is not None:
+                    self._attempt(body, session)
+                elif due is None or (deadline is not None and due >= deadline):
+                    return
+                else:
+                    time.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            session.close()
+
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Flush within ``timeout`` (default ``shutdown_timeout``), then stop the threads.
+
+        Whatever is still pending at the deadline is dropped, counted and reported; later
+        messages are dropped.
+        """
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._aborted:
+                return  # shut down already: threads left are finishing written-off work
+            self._closed = True
+            self._flush_mark = self._handed
+            idle = not self._threads and not self._ledger.busy()
+        if idle:
+            return
+        if not self.flush(timeout):
+            self._write_off()
+        with self._lock:
+            self._aborted = True
+            self._arrivals.notify_all()
+            self._work.notify_all()
+            threads = list(self._threads)
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        with self._sync_lock:
+            if self._sync_session is not None:
+                self._sync_session.close()
+                self._sync_session = None
+
+    def _write_off(self) -> None:
+        """Count everything still pending as dropped (a shutdown deadline passed)."""
+        with self._lock:
+            bodies = self._lanes.take_all()
+            refs = [ref for body in bodies for ref in body.refs]
+            ref_of = self._backend.ref
+            refs.extend(ref_of(item) for item in self._planning[self._placed :])
+            refs.extend(ref_of(item) for item in self._inbox)
+            count = len(refs)  # not ledger.pending: a sync-mode send settles on its own
+            self._inbox.clear()
+            self._planning = []
+            self._placed = 0
+            self._epoch += 1
+            if not count:
+                return
+            self._ledger.settle(Outcome.DROPPED, count, DropReason.SHUTDOWN)
+            self._ledger.begin_report()
+        error = self._backend.dropped(
+            DropReason.SHUTDOWN,
+            f"{count} message{'' if count == 1 else 's'} still pending at the shutdown deadline",
+        )
+        self._ledger.report(Outcome.DROPPED, refs, error, DropReason.SHUTDOWN)
+
+    def _report_drop(self, reason: DropReason, refs: List[Any]) -> None:
+        if reason is DropReason.QUEUE_FULL:
+            text = (f"{self._backend.name} queue is full (max_queue_size="
+                    f"{self._max_queue_size}); message dropped")
+        else:
+            text = f"{self._backend.name} destination is shut down; message dropped"
+        self._ledger.report(Outcome.DROPPED, refs, self._backend.dropped(reason, text), reason)
+
+    def stats(self) -> Dict[str, int]:
+        """A consistent snapshot of every counter."""
+        with self._lock:
+            stats = self._ledger.snapshot()
+            stats["in_flight"] = self._in_flight
+            stats["concurrency"] = self._throttle.concurrency
+        return stats
+
+    def after_fork_in_child(self) -> None:
+        """The child of ``fork()`` starts empty with no threads; the parent keeps its own."""
+        self._reset()
+        self._backend.after_fork_in_child()
+
+
+def _after_fork_in_child() -> None:
+    for worker in list(_live):
+        worker.after_fork_in_child()
+
+
+def _shutdown_all_at_exit() -> None:
+    for worker in list(_live):
+        try:
+            worker.shutdown(worker.shutdown_timeout)
+        except Exception:
+            logger.exception("analytics_sprig: error during the final flush at exit")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_shutdown_all_at_exit)
