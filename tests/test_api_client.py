@@ -25,12 +25,8 @@ from analytics_sprig import (
     SprigNetworkError,
     __version__,
 )
-from analytics_sprig.batching._retry import (
-    RetryPolicy,
-    is_retryable_status,
-    next_delay,
-    parse_retry_after,
-)
+from analytics_sprig.batching._retry import RETRY_AFTER_FLOOR, RetryPolicy, RetryState, next_delay
+from analytics_sprig.sprig._http import is_retryable_status, parse_retry_after
 from analytics_sprig.sprig._api import PURGE_CHUNK, purge_chunks
 from analytics_sprig.testing import FakeSprig
 
@@ -148,75 +144,117 @@ def _api_error(status: int, retry_after: Optional[float] = None) -> SprigAPIErro
 
 
 @pytest.mark.parametrize(
-    ("exc", "retries_used", "waited", "expected_delay", "expected_used"),
+    ("exc", "state", "expected_delay", "expected_state", "server_pause"),
     [
         # Backoff spends a retry.
-        pytest.param(_api_error(503), 0, 0.0, (0.25, 0.5), 1, id="503-first-retry"),
-        pytest.param(_api_error(500), 3, 0.0, (2.0, 4.0), 4, id="500-fourth-retry"),
-        pytest.param(_api_error(408), 0, 0.0, (0.25, 0.5), 1, id="408"),
-        pytest.param(_api_error(429), 0, 0.0, (0.25, 0.5), 1, id="429-without-retry-after"),
-        pytest.param(SprigNetworkError("down"), 0, 0.0, (0.25, 0.5), 1, id="network"),
-        pytest.param(_api_error(503), 9, 0.0, (30.0, 60.0), 10, id="last-retry"),
-        # Retry-After is a pause that spends no retry, capped at max_retry_after.
-        pytest.param(_api_error(429, 5.0), 0, 0.0, (5.0, 5.0), 0, id="retry-after-free"),
-        pytest.param(_api_error(503, 2.5), 4, 0.0, (2.5, 2.5), 4, id="retry-after-keeps-count"),
-        pytest.param(_api_error(429, 10_000.0), 0, 0.0, (300.0, 300.0), 0,
+        pytest.param(_api_error(503), (0, 0), (0.25, 0.5), (1, 0), False, id="503-first-retry"),
+        pytest.param(_api_error(500), (3, 0), (2.0, 4.0), (4, 0), False, id="500-fourth-retry"),
+        pytest.param(_api_error(408), (0, 0), (0.25, 0.5), (1, 0), False, id="408"),
+        pytest.param(_api_error(429), (0, 0), (0.25, 0.5), (1, 0), False,
+                     id="429-without-retry-after"),
+        pytest.param(SprigNetworkError("down"), (0, 0), (0.25, 0.5), (1, 0), False,
+                     id="network"),
+        pytest.param(_api_error(503), (9, 0), (30.0, 60.0), (10, 0), False, id="last-retry"),
+        # Retry-After is a pause that spends no retry, capped at max_retry_after ...
+        pytest.param(_api_error(429, 5.0), (0, 0), (5.0, 5.0), (0, 1), True,
+                     id="retry-after-free"),
+        pytest.param(_api_error(503, 2.5), (4, 0), (2.5, 2.5), (4, 1), True,
+                     id="retry-after-keeps-count"),
+        pytest.param(_api_error(429, 10_000.0), (0, 0), (300.0, 300.0), (0, 1), True,
                      id="retry-after-capped"),
-        pytest.param(_api_error(429, 5.0), 10, 0.0, (5.0, 5.0), 10,
+        pytest.param(_api_error(429, 5.0), (10, 0), (5.0, 5.0), (10, 1), True,
                      id="retry-after-after-budget"),
+        # ... with a floor: a tiny value never turns into a request storm ...
+        pytest.param(_api_error(429, 1e-300), (0, 0), (1.0, 1.0), (0, 1), True,
+                     id="retry-after-floor-tiny"),
+        pytest.param(_api_error(429, 0.0), (0, 0), (1.0, 1.0), (0, 1), True,
+                     id="retry-after-floor-zero"),
+        # ... and at most max_retries of them: then counted backoff.
+        pytest.param(_api_error(429, 5.0), (0, 10), (0.25, 0.5), (1, 10), False,
+                     id="pauses-spent-then-backoff"),
     ],
 )
 def test_next_delay_retries(
     exc: BaseException,
-    retries_used: int,
-    waited: float,
+    state: Tuple[int, int],
     expected_delay: Tuple[float, float],
-    expected_used: int,
+    expected_state: Tuple[int, int],
+    server_pause: bool,
 ) -> None:
-    step = next_delay(exc, RetryPolicy(), retries_used, waited)
+    used = RetryState(retries=state[0], pauses=state[1])
+    step = next_delay(exc, RetryPolicy(), used)
     assert step is not None
-    delay, used = step
+    delay, pause = step
     low, high = expected_delay
     assert low <= delay <= high
-    assert used == expected_used
+    assert (used.retries, used.pauses) == expected_state
+    assert pause is server_pause
+    assert used.waited == delay
 
 
 @pytest.mark.parametrize(
-    ("exc", "retries_used", "waited"),
+    ("exc", "state"),
     [
-        pytest.param(_api_error(503), 10, 0.0, id="budget-exhausted"),
-        pytest.param(_api_error(503), 11, 0.0, id="budget-over"),
-        pytest.param(_api_error(429, 5.0), 0, 598.0, id="total-wait-exceeded-by-retry-after"),
-        pytest.param(_api_error(503), 0, 599.9, id="total-wait-exceeded-by-backoff"),
-        pytest.param(_api_error(400), 0, 0.0, id="400-final"),
-        pytest.param(_api_error(404), 0, 0.0, id="404-final"),
-        pytest.param(_api_error(422), 0, 0.0, id="422-final"),
-        pytest.param(_api_error(501), 0, 0.0, id="501-final"),
-        pytest.param(_api_error(505), 0, 0.0, id="505-final"),
-        pytest.param(_api_error(400, 5.0), 0, 0.0, id="final-even-with-retry-after"),
-        pytest.param(SprigAuthError(401), 0, 0.0, id="401-final"),
-        pytest.param(SprigAuthError(403), 0, 0.0, id="403-final"),
-        pytest.param(ValueError("bug"), 0, 0.0, id="non-sprig-error-final"),
-        pytest.param(SprigError("generic"), 0, 0.0, id="base-error-final"),
+        pytest.param(_api_error(503), RetryState(retries=10), id="budget-exhausted"),
+        pytest.param(_api_error(503), RetryState(retries=11), id="budget-over"),
+        pytest.param(_api_error(429, 5.0), RetryState(retries=10, pauses=10),
+                     id="pauses-and-retries-spent"),
+        pytest.param(_api_error(429, 5.0), RetryState(waited=598.0),
+                     id="total-wait-exceeded-by-retry-after"),
+        pytest.param(_api_error(503), RetryState(waited=599.9),
+                     id="total-wait-exceeded-by-backoff"),
+        pytest.param(_api_error(400), RetryState(), id="400-final"),
+        pytest.param(_api_error(404), RetryState(), id="404-final"),
+        pytest.param(_api_error(422), RetryState(), id="422-final"),
+        pytest.param(_api_error(501), RetryState(), id="501-final"),
+        pytest.param(_api_error(505), RetryState(), id="505-final"),
+        pytest.param(_api_error(400, 5.0), RetryState(), id="final-even-with-retry-after"),
+        pytest.param(SprigAuthError(401), RetryState(), id="401-final"),
+        pytest.param(SprigAuthError(403), RetryState(), id="403-final"),
+        pytest.param(ValueError("bug"), RetryState(), id="non-sprig-error-final"),
+        pytest.param(SprigError("generic"), RetryState(), id="base-error-final"),
     ],
 )
-def test_next_delay_final(exc: BaseException, retries_used: int, waited: float) -> None:
-    assert next_delay(exc, RetryPolicy(), retries_used, waited) is None
+def test_next_delay_final(exc: BaseException, state: RetryState) -> None:
+    assert next_delay(exc, RetryPolicy(), state) is None
 
 
 def test_next_delay_respects_custom_policy() -> None:
     policy = RetryPolicy(max_retries=2, initial_backoff=0.01, max_backoff=0.02)
     exc = _api_error(503)
-    used = 0
+    state = RetryState()
     delays: List[float] = []
     while True:
-        step = next_delay(exc, policy, used, sum(delays))
+        step = next_delay(exc, policy, state)
         if step is None:
             break
-        delay, used = step
-        delays.append(delay)
+        delays.append(step[0])
     assert len(delays) == 2
     assert all(d <= 0.02 for d in delays)
+
+
+def test_any_server_bounds_the_attempts_at_twice_max_retries_plus_one() -> None:
+    policy = RetryPolicy(max_retries=3)
+    for retry_after in (None, 1e-9, 0.001, 5.0):
+        state = RetryState()
+        attempts = 1
+        while next_delay(_api_error(429, retry_after), policy, state) is not None:
+            attempts += 1
+        assert attempts <= 2 * 3 + 1, retry_after
+
+
+def test_max_retry_after_zero_ignores_retry_after() -> None:
+    policy = RetryPolicy(max_retry_after=0, initial_backoff=0.5)
+    state = RetryState()
+    step = next_delay(_api_error(429, 5.0), policy, state)
+    assert step is not None and step[1] is False and step[0] <= 0.5
+    assert (state.retries, state.pauses) == (1, 0)
+
+
+def test_floor_never_exceeds_a_smaller_cap() -> None:
+    policy = RetryPolicy(max_retry_after=0.2)
+    step = next_delay(_api_error(429, 1e-9), policy, RetryState())
+    assert step is not None and step[0] == 0.2 < RETRY_AFTER_FLOOR
 
 
 # ======================================================================================
@@ -410,7 +448,7 @@ def test_redirect_is_final_and_not_followed(
     assert type(exc) is SprigAPIError
     assert exc.status_code == status
     assert exc.retryable is False
-    assert next_delay(exc, RetryPolicy(), 0, 0.0) is None
+    assert next_delay(exc, RetryPolicy(), RetryState()) is None
     assert "redirect" in str(exc)
     assert route.call_count == 1
     assert elsewhere.call_count == 0
