@@ -199,8 +199,8 @@ def test_endpoint_errors_do_not_echo_url_credentials(endpoint: str) -> None:
 
 _POSITIVE = ("flush_interval", "timeout", "connect_timeout")  # > 0, finite
 _NON_NEGATIVE = ("initial_backoff", "max_backoff", "max_retry_after", "max_total_wait",
-                 "auth_cooldown", "shutdown_timeout")  # >= 0, finite
-_COUNTS = ("max_queue_size", "max_batch_size")  # int >= 1
+                 "auth_cooldown", "shutdown_timeout", "flush_timeout")  # >= 0, finite
+_COUNTS = ("max_queue_size", "max_concurrency")  # int >= 1
 
 
 def _number_rows() -> List[Any]:

@@ -28,10 +28,11 @@ from segment.analytics import Client
 
 import analytics_sprig
 from analytics_sprig import SprigDestination
+from analytics_sprig.batching._lanes import plan_bodies
 from analytics_sprig.sprig._mapping import (
     MAX_ATTRIBUTES,
+    SprigMerger,
     attributes_from_traits,
-    coalesce,
     map_message,
 )
 from analytics_sprig.testing import FakeSprig
@@ -199,9 +200,10 @@ def test_map_message_is_total_and_every_body_is_valid(messages: List[Dict[str, A
         assert_valid_body(body)
         items.append((body, message))
     # Coalescing bodies of the same user keeps them valid (caps included).
-    for batch in coalesce(items):
-        assert_valid_body(batch.body)
-        assert len(batch.body.get("events", ())) <= 100
+    bodies = plan_bodies(SprigMerger(), [(b["userId"], b, m) for b, m in items])
+    for body in bodies:
+        assert_valid_body(body.payload)
+        assert len(body.payload.get("events", ())) <= 100
 
 
 # -- the whole path, through real clients ----------------------------------------------

@@ -13,10 +13,8 @@ import analytics_sprig
 from analytics_sprig.sprig._routing import (
     DEFAULT_TYPES,
     INTEGRATION_NAMES,
-    SKIP_ANONYMOUS,
-    SKIP_INTEGRATIONS,
     SKIP_REASONS,
-    SKIP_TYPE,
+    SkipReason,
     integrations_allow,
     skip_reason,
 )
@@ -48,7 +46,9 @@ def test_integration_names_are_exactly_the_three_documented_aliases() -> None:
 def test_default_types_and_reasons() -> None:
     assert frozenset({"identify", "track", "page", "alias"}) == DEFAULT_TYPES
     assert set(SKIP_REASONS) == {"integrations", "type", "anonymous"}
-    assert (SKIP_INTEGRATIONS, SKIP_TYPE, SKIP_ANONYMOUS) == ("integrations", "type", "anonymous")
+    assert [r.value for r in SKIP_REASONS] == ["integrations", "type", "anonymous"]
+    # str-valued: a reason compares equal to its name, as in stats() keys.
+    assert SkipReason.INTEGRATIONS == "integrations"
 
 
 # -- integrations object ----------------------------------------------------------------
