@@ -216,8 +216,18 @@ def export_sample() -> str:
     raise AssertionError("docs/cli.md has no sample input block")
 
 
-def run_samples(path: Path, tmp_path: Path) -> List[Tuple[Block, List[str], List[str]]]:
-    """Run every sample of ``path`` in one bash session; return (block, expected, actual)."""
+@dataclass
+class Sample:
+    """A sample block, what it shows, and what running its commands really printed."""
+
+    block: Block
+    expected: List[str]  # normalized
+    actual: List[str]  # normalized
+    real: List[Tuple[str, str]]  # (command line, its output with the port shown as 8765)
+
+
+def run_samples(path: Path, tmp_path: Path) -> List[Sample]:
+    """Run every sample of ``path``, in order, in one bash session."""
     chosen = samples(path)
     (tmp_path / "export.jsonl").write_text(export_sample(), encoding="utf-8")
     with FakeSprig(api_key=DOC_KEY) as sprig:
@@ -226,11 +236,13 @@ def run_samples(path: Path, tmp_path: Path) -> List[Tuple[Block, List[str], List
             f'analytics-sprig() {{ {shlex.quote(sys.executable)} -m analytics_sprig "$@"; }}',
         ]
         for number, block in enumerate(chosen):
-            script.append(f"echo '@@sample {number}@@'")
             for line in block.lines:
                 if line.startswith("$ "):
                     command = line[2:].replace(f"127.0.0.1:{DOC_PORT}",
                                                f"127.0.0.1:{sprig.port}")
+                    # The marker must not change $? (a sample may `echo $?`).
+                    script.append(f"__status=$?; echo '@@sample {number}@@'; "
+                                  "(exit $__status)")
                     script.append(f"{{ {command}\n}} 2>&1")
         env = {k: v for k, v in os.environ.items() if k != "SPRIG_API_KEY"}
         env.update(PYTHONUNBUFFERED="1", COLUMNS="100", NO_COLOR="1", TERM="dumb")
@@ -238,13 +250,19 @@ def run_samples(path: Path, tmp_path: Path) -> List[Tuple[Block, List[str], List
                               capture_output=True, text=True, timeout=240)
         port = sprig.port
     assert done.stderr == "", done.stderr
-    outputs = re.split(r"^@@sample \d+@@\n", done.stdout, flags=re.MULTILINE)[1:]
-    assert len(outputs) == len(chosen), done.stdout[-2000:]
+    pieces = re.split(r"^@@sample (\d+)@@\n", done.stdout, flags=re.MULTILINE)[1:]
+    outputs: List[List[str]] = [[] for _ in chosen]
+    for number, output in zip(pieces[::2], pieces[1::2]):
+        outputs[int(number)].append(output.replace(f"127.0.0.1:{port}",
+                                                   f"127.0.0.1:{DOC_PORT}"))
     results = []
-    for block, output in zip(chosen, outputs):
+    for block, printed in zip(chosen, outputs):
+        commands = [line for line in block.lines if line.startswith("$ ")]
+        assert len(printed) == len(commands), done.stdout[-2000:]
         expected = normalize("\n".join(line for line in block.lines
                                        if not line.startswith("$ ")))
-        results.append((block, expected, normalize(output, port)))
+        results.append(Sample(block, expected, normalize("".join(printed)),
+                              list(zip(commands, printed))))
     return results
 
 
@@ -254,13 +272,14 @@ def test_documented_samples_match_real_output(doc: Path, tmp_path: Path) -> None
     results = run_samples(doc, tmp_path)
     assert len(results) >= 3
     wrong = []
-    for block, expected, actual in results:
-        if not matches(expected, actual):
-            diff = "\n".join(difflib.unified_diff(expected, actual, "documented", "real",
-                                                  lineterm=""))
-            wrong.append(f"{doc.name}, sample at line {block.line} ({block.lines[0]}):\n{diff}"
-                         f"\n--- real output ---\n" + "\n".join(actual))
-    assert not wrong, "\n\n".join(wrong)
+    for sample in results:
+        if not matches(sample.expected, sample.actual):
+            diff = "\n".join(difflib.unified_diff(sample.expected, sample.actual, "documented",
+                                                  "real", lineterm=""))
+            wrong.append(f"{doc.name}, sample at line {sample.block.line} "
+                         f"({sample.block.lines[0]}):\n{diff}")
+    assert not wrong, ("\n\n".join(wrong) + "\n\nTo rewrite the samples from real runs: "
+                       "python tests/test_readme.py --update")
 
 
 def test_the_matcher_honours_ellipses() -> None:
@@ -341,3 +360,40 @@ def test_the_apps_logging_configuration_shows_the_librarys_warnings() -> None:
     done = _python("import logging, analytics_sprig\nlogging.basicConfig()\n"
                    "logging.getLogger('analytics_sprig').warning('a library warning')\n")
     assert done.stderr == "WARNING:analytics_sprig:a library warning\n"
+
+
+def update(path: Path) -> int:
+    """Rewrite the samples of ``path`` that differ from a real run; return how many.
+
+    Abridged samples (with a ``...`` line) are reported, not rewritten: choose their lines by
+    hand.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_samples(path, Path(tmp))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    changed = 0
+    for sample in reversed(results):  # from the end, so earlier line numbers stay right
+        if matches(sample.expected, sample.actual):
+            continue
+        if "..." in sample.expected:
+            print(f"{path.name}:{sample.block.line}: abridged sample differs; edit it by hand")
+            continue
+        body = []
+        for command, output in sample.real:
+            body.append(command)
+            body.extend(line.rstrip() for line in output.splitlines())
+        start = sample.block.line  # the fence's index + 1 is the first line of the block
+        lines[start:start + len(sample.block.lines)] = body
+        changed += 1
+        print(f"{path.name}:{sample.block.line}: rewritten from a real run")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return changed
+
+
+if __name__ == "__main__":  # pragma: no cover - a maintenance tool
+    if sys.argv[1:] != ["--update"]:
+        sys.exit("usage: python tests/test_readme.py --update")
+    for document in (README, CLI_DOC):
+        update(document)

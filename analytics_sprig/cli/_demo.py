@@ -97,16 +97,38 @@ class SprigRequestView:
     body: Any
 
 
+def in_call_order(requests: Sequence[SprigRequestView],
+                  messages: Sequence[Mapping[str, Any]]) -> List[SprigRequestView]:
+    """``requests`` ordered by their user's first call, each user's kept in sending order.
+
+    Several requests are in flight at once, so different users' requests reach Sprig in
+    any order; a report in call order reads the same on every run.
+    """
+    first: Dict[str, int] = {}
+    for index, message in enumerate(messages):
+        first.setdefault(str(message.get("userId")), index)
+
+    def key(request: SprigRequestView) -> int:
+        body = request.body
+        user = body.get("userId") if isinstance(body, dict) else None
+        return first.get(str(user), len(messages)) if user is not None else len(messages)
+
+    return sorted(requests, key=key)  # stable: a user's requests stay in sending order
+
+
 def observed_requests(local: FakeSprig) -> List[SprigRequestView]:
-    """The Sprig (``/v2``) requests the local fake recorded."""
-    return [SprigRequestView(r.method, r.path, r.status, r.json)
+    """The Sprig (``/v2``) requests the local fake recorded, in call order."""
+    seen = [SprigRequestView(r.method, r.path, r.status, r.json)
             for r in local.requests if r.path.startswith("/v2/")]
+    return in_call_order(seen, local.segment_messages)
 
 
 def computed_requests(messages: Iterable[Mapping[str, Any]]) -> List[SprigRequestView]:
     """The ``/v2/users`` requests the destination makes for ``messages`` sent together."""
+    messages = list(messages)
     bodies, _ = SprigPlanner().bodies(messages)
-    return [SprigRequestView("POST", "/v2/users", None, body.payload) for body in bodies]
+    return in_call_order([SprigRequestView("POST", "/v2/users", None, body.payload)
+                          for body in bodies], messages)
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from collections import Counter
 from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .._errors import MessageDropped, SprigAuthError
+from ..batching._backend import Skip
 from ..sprig._api import validate_endpoint
 from ..sprig._destination import SprigDestination
-from ..batching._backend import Skip
 from ..sprig._planning import SprigPlanner
 from ..sprig._routing import SKIP_REASONS, FailReason, SkipReason
 from ._common import (
@@ -52,7 +52,6 @@ REPLAY_CHUNK = 10000
 #: Malformed lines reported one by one; later ones are only counted (a binary file would
 #: otherwise print a line of stderr per newline byte).
 MAX_LINE_NOTES = 100
-
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -249,6 +248,10 @@ def _replay_summary(state: _Replay, stats: Mapping[str, int], dry_run: bool) -> 
     requests = stats.get("requests", 0)
     if dry_run:
         row("would send", stats.get("delivered", 0), "in " + plural(requests, "request"))
+        if stats.get("failed", 0):
+            reasons = [f"{reason.value} {stats[f'failed_{reason.value}']}"
+                       for reason in FailReason if stats.get(f"failed_{reason.value}", 0)]
+            row("would fail", stats["failed"], f"({', '.join(reasons)})" if reasons else "")
     else:
         retries = stats.get("retries", 0)
         detail = "in " + plural(requests, "request") + (f", {plural(retries, 'retry')}"
@@ -274,7 +277,8 @@ def _replay_summary(state: _Replay, stats: Mapping[str, int], dry_run: bool) -> 
     return lines
 
 
-def _exit_code(state: _Replay, stats: Mapping[str, int], *, strict: bool) -> int:
+def _exit_code(state: _Replay, stats: Mapping[str, int], *, strict: bool,
+               dry_run: bool = False) -> int:
     """The exit code, after printing the one-line error that explains it (if any)."""
     if state.interrupted:
         return EXIT_INTERRUPTED
@@ -284,7 +288,8 @@ def _exit_code(state: _Replay, stats: Mapping[str, int], *, strict: bool) -> int
         code = EXIT_FAILED
     elif stats.get("failed", 0) or stats.get("dropped", 0):
         lost = stats.get("failed", 0) + stats.get("dropped", 0)
-        err(f"{plural(lost, 'message')} did not reach Sprig (see the summary)")
+        err(f"{plural(lost, 'message')} {'would not reach' if dry_run else 'did not reach'} "
+            "Sprig (see the summary)")
         code = EXIT_FAILED
     if state.input_error is not None:
         err(state.input_error)
@@ -341,4 +346,4 @@ def run(args: Any) -> int:
     out = sys.stderr if args.dry_run else sys.stdout
     print(summary, file=out)
     out.flush()
-    return _exit_code(state, stats, strict=args.strict)
+    return _exit_code(state, stats, strict=args.strict, dry_run=args.dry_run)
