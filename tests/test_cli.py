@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import queue
 import re
@@ -23,8 +24,9 @@ from typing import Any, Iterator, List, Optional
 import httpx
 import pytest
 
-from analytics_sprig import cli
+from analytics_sprig import MessageDropped, SprigAPIError, cli
 from analytics_sprig.cli import _progress, _replay
+from analytics_sprig.cli._common import json_kind, plural
 from analytics_sprig.cli._demo import DEMO_API_KEY, computed_requests
 from analytics_sprig.sprig._routing import skip_reason
 from analytics_sprig.testing import FakeSprig
@@ -531,3 +533,76 @@ def test_the_plain_progress_counter_keeps_notes_readable(
     assert "replaying: 10 lines read (50% of the file), 3 messages settled" in err
     assert "\rline 7: skipped, invalid JSON\n" in err
 
+
+
+# -- wording --------------------------------------------------------------------------------
+
+
+def test_the_summary_counts_failures_by_cause_without_repeating_counts() -> None:
+    state = _replay._Replay()
+    state.lines = state.messages = 14
+    state.on_error(MessageDropped("shutdown", "13 message(s) pending at shutdown deadline"),
+                   [{}] * 13)
+    state.on_error(SprigAPIError(400, "bad event"), [{}])
+    stats = {"received": 14, "skipped": 0, "delivered": 0, "failed": 1, "dropped": 13,
+             "pending": 0, "requests": 1}
+    lines = _replay._replay_summary(state, stats, dry_run=False)
+    assert "    13 messages: dropped: still waiting to be sent when the replay stopped" in lines
+    assert "    1 message: Sprig answered HTTP 400: bad event" in lines
+    assert not any(" x " in line or "(s)" in line for line in lines)
+    assert "  delivered          0  in 1 request" in lines
+
+
+@pytest.mark.parametrize(("count", "noun", "text"), [
+    (1, "visitor", "1 visitor"), (2, "visitor", "2 visitors"), (0, "email", "0 emails"),
+    (1, "retry", "1 retry"), (3, "retry", "3 retries"), (2, "user id", "2 user ids"),
+    (2, "earlier request", "2 earlier requests"), (5, "day", "5 days"), (2, "box", "2 boxes"),
+])
+def test_plurals(count: int, noun: str, text: str) -> None:
+    assert plural(count, noun) == text
+
+
+def test_json_kinds_have_their_article() -> None:
+    assert [json_kind(v) for v in (1, 1.5, "s", True, None, [], {})] == [
+        "an integer", "a number", "a string", "a boolean", "null", "an array", "an object"]
+
+
+@pytest.mark.parametrize("where", ["while reading", "after reading everything"])
+def test_an_interrupted_replay_says_what_was_read(
+    where: str, sprig: FakeSprig, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_replay, "REPLAY_CHUNK", 2)
+    lines: List[Any] = [{"type": "track", "userId": f"u-{i}", "event": "E"} for i in range(5)]
+    path = write_lines(tmp_path / "export.jsonl", lines)
+    real_wait = _replay._wait
+    waits = []
+
+    def wait(*args: Any) -> None:
+        waits.append(1)
+        real_wait(*args)
+        # The first chunk's wait comes while lines remain; the third, after the last line.
+        if len(waits) == (1 if where == "while reading" else 3):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_replay, "_wait", wait)
+    assert replay(sprig, str(path)) == 130
+    out = capsys.readouterr().out
+    if where == "while reading":
+        assert "Interrupted at line 2: the rest of the input was not read." in out
+    else:
+        assert "Interrupted after the whole input was read, before everything was sent." in out
+        assert "the rest of the input was not read" not in out
+
+
+def test_verbose_shows_the_librarys_info_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("analytics_sprig")
+    with cli._logging(1):
+        logger.info("an info line")
+        logger.debug("a debug line")
+    with cli._logging(0):
+        logger.warning("a warning")
+        logger.error("an error")
+    err = capsys.readouterr().err
+    assert "analytics-sprig: INFO: an info line" in err and "debug line" not in err
+    assert "a warning" not in err and "analytics-sprig: ERROR: an error" in err
