@@ -17,10 +17,12 @@ import math
 from collections import deque
 from typing import Deque, Optional
 
-#: The adaptive rate never goes below this many requests per second.
-MIN_RATE = 0.2
-#: Each success adds this much to the adaptive rate: at r requests/s the rate grows by
-#: ``RATE_STEP * r`` per second (5 %/s), back from a halving in ~14 s.
+#: The adaptive rate never goes below this many requests per second (Sprig's smallest
+#: documented limit is 1,000 per 5 minutes, 3.3 per second).
+MIN_RATE = 1.0
+#: Each success adds ``max(RATE_STEP, 1 / rate)`` to the adaptive rate: it grows by at
+#: least 1 request/s every second, and by 5 %/s above 20 requests/s (back from a halving
+#: in 10-14 s), so a few 429s never leave the rate stuck low.
 RATE_STEP = 0.05
 #: Requests started within this many seconds make the "recent rate" a cut starts from.
 RATE_WINDOW = 1.0
@@ -79,7 +81,7 @@ class Throttle:
             # Grow only while the rate binds: far above what is sent, it protects nothing.
             ceiling = 2.0 * self._recent_rate(now) + 1.0
             if self.rate < ceiling:
-                self.rate += RATE_STEP
+                self.rate += max(RATE_STEP, 1.0 / self.rate)
 
     def throttled(self, now: float, started_at: float) -> None:
         """A 429 without ``Retry-After``: halve rate and concurrency, once per window."""

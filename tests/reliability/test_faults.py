@@ -102,8 +102,8 @@ def slow_server(o: Outcome) -> None:
     check_zero_loss(o)
     check_no_duplicates(o)
     assert o.stats["retries"] == 0
-    # The delay was real: one worker, one request at a time, 20 ms each.
-    assert o.seconds >= o.stats["requests"] * 0.02
+    # The delay was real: no request answered in under 20 ms, at most 32 at once.
+    assert o.seconds >= o.stats["requests"] * 0.02 / 32
 
 
 def down_then_up(o: Outcome) -> None:

@@ -88,7 +88,7 @@ def test_exit_with_server_hung_finishes_within_bound_and_logs_what_it_dropped() 
     assert o.stats["received"] == N_MESSAGES and o.stats["pending"] == 0
     assert o.stats["dropped"] == o.stats["dropped_shutdown"] == N_MESSAGES
     assert o.accounted()
-    found = re.findall(r"(\d+) message\(s\) undelivered", o.extra["stderr"])
+    found = re.findall(r"dropped (\d+) message\(s\)", o.extra["stderr"])
     assert found == [str(N_MESSAGES)], o.extra["stderr"]
     assert o.reported["dropped"] == o.expected  # on_error heard about every one
     assert not o.stored
