@@ -15,6 +15,7 @@ import httpx
 from .._errors import ConfigurationError, SprigAPIError, SprigAuthError, SprigNetworkError
 from .._version import __version__
 from ._http import is_retryable_status, parse_retry_after
+from ._transport import Answer, BoundedTransport, redact
 
 DEFAULT_ENDPOINT = "https://api.sprig.com"
 #: Sprig accepts at most this many visitors per purge request.
@@ -94,13 +95,24 @@ def validate_proxy(proxy: Any) -> Optional[str]:
 
 
 def validate_api_key(api_key: Any) -> str:
-    """Return ``api_key`` or raise; the key itself never appears in the error."""
+    """Return ``api_key`` or raise; the key itself never appears in the error.
+
+    A key is printable ASCII without spaces (``0x21``-``0x7E``): anything else (a BOM or a
+    zero-width space pasted along with it, an accented letter) cannot be sent in a header
+    and is surely not part of the key. Only the offending character's code point and
+    position are named, never the key.
+    """
     if not isinstance(api_key, str):
         raise TypeError(f"api_key must be a str, got {type(api_key).__name__}")
     if not api_key.strip():
         raise ConfigurationError("api_key is empty; pass your Sprig API key")
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in api_key):
-        raise ConfigurationError("api_key contains whitespace or control characters")
+    for position, ch in enumerate(api_key):
+        if not "\x21" <= ch <= "\x7e":
+            raise ConfigurationError(
+                "api_key must be printable ASCII without spaces or control characters; "
+                f"it has U+{ord(ch):04X} at position {position} (a stray BOM, zero-width "
+                "space, whitespace or accented letter copied along with the key?)"
+            )
     return api_key
 
 
@@ -139,25 +151,22 @@ class SprigClient:
         }
         self._extensions = {"timeout": self._timeout.as_dict()}
         self._users_url = httpx.URL(self.endpoint + "/v2/users")  # parsed once: the hot path
-        self._http: Optional[httpx.HTTPTransport] = None
+        self._http: Optional[BoundedTransport] = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SprigClient(endpoint={self.endpoint!r}, api_key='***')"
 
-    def _client(self) -> httpx.HTTPTransport:
+    def _client(self) -> BoundedTransport:
         http = self._http
         if http is None:
             with self._lock:
                 http = self._http
                 if http is None:
-                    # A transport never follows redirects; trust_env=False: no proxy or CA
-                    # settings from the environment by surprise.
-                    http = self._http = httpx.HTTPTransport(
-                        verify=True,
-                        trust_env=False,
-                        proxy=self._proxy,
-                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                    # No redirects, no environment (proxy, CA, key log), one connection,
+                    # ``timeout`` bounding each whole attempt: see _transport.
+                    http = self._http = BoundedTransport(
+                        deadline=self._timeout.read or 10.0, proxy=self._proxy
                     )
         return http
 
@@ -168,7 +177,9 @@ class SprigClient:
         """Send one request; return the decoded JSON answer (or ``None``).
 
         Raises :class:`SprigAuthError` (401/403), :class:`SprigAPIError` (other non-2xx,
-        with ``retryable`` and ``retry_after``) or :class:`SprigNetworkError`.
+        with ``retryable`` and ``retry_after``) or :class:`SprigNetworkError`. The answer is
+        read only up to a small cap (a longer body counts as absent) and the whole attempt
+        ends within ``timeout``.
         """
         content = None
         if body is not None:
@@ -178,39 +189,46 @@ class SprigClient:
                 content = text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: \u escapes keep it valid JSON
                 content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-        url = self._users_url if path == "/v2/users" else httpx.URL(self.endpoint + path)
-        request = httpx.Request(method, url, headers=self._headers, content=content,
-                                extensions=self._extensions)
+        http = self._client()  # outside the try: an incompatible httpcore must fail loudly
+        error: Optional[SprigNetworkError] = None
         try:
-            response = self._client().handle_request(request)
-            try:
-                response.read()
-            except BaseException:
-                response.close()
-                raise
+            url = self._users_url if path == "/v2/users" else httpx.URL(self.endpoint + path)
+            answer = http.send(httpx.Request(method, url, headers=self._headers,
+                                             content=content, extensions=self._extensions))
+        except httpx.LocalProtocolError as exc:  # about our own request: may quote a header
+            error = SprigNetworkError(f"{type(exc).__name__} on {method} {path}")
         except httpx.TransportError as exc:
-            raise SprigNetworkError(
-                self._redact(f"{type(exc).__name__} on {method} {path}: {exc}")
-            ) from None
-        status = response.status_code
+            detail = redact(str(exc), self._api_key)[:300]
+            error = SprigNetworkError(f"{type(exc).__name__} on {method} {path}: {detail}")
+        except Exception as exc:  # whatever it is, its text may quote a header
+            error = SprigNetworkError(
+                f"unexpected {type(exc).__name__} on {method} {path} (details withheld: "
+                "they may quote request headers)"
+            )
+        if error is not None:
+            # Raised outside the except block: no __context__ chain leads to the original.
+            raise error from None
+        status = answer.status_code
         if 200 <= status < 300:
             try:
-                return response.json() if response.content else None
+                return answer.json() if answer.body else None
             except ValueError:
                 return None
-        raise self._error(response)
+        raise self._error(answer)
 
-    def _error(self, response: httpx.Response) -> SprigAPIError:
-        status = response.status_code
+    def _error(self, answer: Answer) -> SprigAPIError:
+        status = answer.status_code
         detail = ""
         try:
-            data = response.json()
+            data = answer.json()
             if isinstance(data, dict) and data.get("error") is not None:
                 detail = str(data["error"])
-        except ValueError:
-            detail = response.text.strip()
+        except ValueError:  # absent, too long, or not JSON
+            detail = answer.text.strip()
+        except RecursionError:  # absurdly nested JSON within the size cap
+            detail = ""
         # Redact before truncating: a key cut at the boundary would leak its prefix.
-        detail = self._redact(detail)[:200]
+        detail = redact(detail, self._api_key)[:200]
         if 300 <= status < 400:
             detail = "redirects are not followed; check the endpoint"
         if status in (401, 403):
@@ -219,7 +237,7 @@ class SprigClient:
             status,
             detail,
             retryable=is_retryable_status(status),
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            retry_after=parse_retry_after(answer.headers.get("Retry-After")),
         )
 
     def upsert_user(self, payload: Mapping[str, Any]) -> None:
