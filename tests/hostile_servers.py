@@ -612,6 +612,185 @@ def run_purge(name: str, fault: str, behaviour: Behaviour, *, wait: float = 10.0
     return figures
 
 
+# -- hostile input ---------------------------------------------------------------------------
+
+
+class UnhashableId(str):
+    """A str whose ``str()`` is itself and that cannot be hashed (a dict key, a set item)."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return self
+
+
+class RaisingEqKey(str):
+    """A str that hashes like the plain string but whose ``==`` raises."""
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__ refuses")
+
+    def __ne__(self, other: object) -> bool:
+        raise RuntimeError("__ne__ refuses")
+
+
+class RaisingStrInt(int):
+    """An int whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ refuses")
+
+
+def _hostile_call(kind: str, client: Any) -> None:
+    if kind == "unhashable-user-id":
+        client.identify(UnhashableId("bad-user"), {"email": "bad@b.co", "plan": "x"})
+    elif kind == "raising-eq-integrations-key":
+        client.track("bad-user", "Bad Event", integrations={RaisingEqKey("Sprig"): True})
+    elif kind == "raising-str-in-trait-list":
+        client.identify("bad-user", {"email": "bad@b.co", "plan": "pro",
+                                     "tags": ["a", RaisingStrInt(7)]})
+    else:
+        raise KeyError(kind)
+
+
+INPUT_ROWS = {
+    "unhashable-user-id": "identify() with a str-subclass userId that is unhashable "
+                          "(and whose str() is itself)",
+    "raising-eq-integrations-key": "track() whose integrations key 'Sprig' has a raising "
+                                   "__eq__",
+    "raising-str-in-trait-list": "identify() with traits.tags = ['a', <int whose __str__ "
+                                 "raises>]",
+}
+
+
+def run_input(kind: str) -> Figures:
+    """Four good calls around one hostile call through a real Client; what came of them."""
+    from segment.analytics import Client
+
+    import analytics_sprig
+    from analytics_sprig import SprigDestination
+    from analytics_sprig.testing import FakeSprig
+
+    figures = Figures(kind, INPUT_ROWS[kind])
+    errors: List[Tuple[BaseException, List[Mapping[str, Any]]]] = []
+    with FakeSprig(api_key=API_KEY) as fake:
+        analytics_sprig.install()
+        destination = SprigDestination(
+            API_KEY, endpoint=fake.url, **FAST,
+            on_error=lambda exc, msgs: errors.append((exc, list(msgs))))
+        client = Client(WRITE_KEY, host=fake.url, send=True, upload_interval=0.05)
+        client.add_plugin(destination)
+        raised = None
+        t0 = time.monotonic()
+        try:
+            client.track("good-1", "Good Event")
+            client.identify("good-2", {"email": "g2@b.co"})
+            try:
+                _hostile_call(kind, client)
+            except Exception as exc:  # must not happen: reported as a figure
+                raised = exc
+            client.track("good-3", "Good Event")
+            client.identify("good-1", {"plan": "team"})
+            figures.settled = destination.flush(timeout=5)
+            figures.seconds = time.monotonic() - t0
+            figures.stats = destination.stats()
+            client.flush()
+            figures.segment_received = len(fake.segment_messages)
+        finally:
+            for consumer in client.consumers or ():
+                consumer.pause()
+                if consumer.is_alive():
+                    consumer.join(2)
+            destination.shutdown(timeout=2)
+        figures.raised = raised
+        visitor = fake.users.get("bad-user")
+        figures.extra = {
+            "stored": sorted(fake.users),
+            "bad_user": None if visitor is None else {
+                "emailAddress": visitor["emailAddress"], "attributes": visitor["attributes"]},
+        }
+    figures.errors = [exc for exc, _ in errors]
+    figures.reported = sum(len(msgs) for _, msgs in errors)
+    return figures
+
+
+BAD_KEYS = {
+    "bom": "\ufeff" + API_KEY,
+    "zero-width-space": API_KEY[:6] + "\u200b" + API_KEY[6:],
+    "e-acute": API_KEY[:6] + "\u00e9" + API_KEY[6:],
+}
+
+
+def bad_key_error(which: str) -> Optional[BaseException]:
+    """What constructing a destination with bad key ``which`` raises (``None``: nothing)."""
+    from analytics_sprig import SprigDestination
+
+    try:
+        SprigDestination(BAD_KEYS[which], endpoint="http://127.0.0.1:9").shutdown(timeout=0)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def run_keylog(directory: str) -> Optional[Dict[str, Any]]:
+    """``SSLKEYLOGFILE`` (and ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``REQUESTS_CA_BUNDLE``
+    trusting the server) set while the destination talks to a self-signed https server.
+
+    Returns the bytes the stdlib default context wrote (the control) and what the
+    destination wrote, or ``None`` without the ``openssl`` command.
+    """
+    from analytics_sprig import SprigDestination
+
+    made = self_signed_tls(directory)
+    if made is None:
+        return None
+    context, cert = made
+    control = os.path.join(directory, "control.keylog")
+    keylog = os.path.join(directory, "sprig.keylog")
+    saved = {k: os.environ.get(k) for k in ("SSLKEYLOGFILE", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                                            "REQUESTS_CA_BUNDLE")}
+    errors: List[BaseException] = []
+    try:
+        with HostileServer(answer(202), tls=context) as server:
+            os.environ["SSLKEYLOGFILE"] = control
+            trusting = ssl.create_default_context(cafile=cert)
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
+                    trusting.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"POST /control HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                tls.recv(1024)
+            os.environ.update({"SSLKEYLOGFILE": keylog, "SSL_CERT_FILE": cert,
+                               "SSL_CERT_DIR": os.path.dirname(cert),
+                               "REQUESTS_CA_BUNDLE": cert})
+            destination = SprigDestination(API_KEY, endpoint=server.url, **FAST,
+                                           on_error=lambda e, m: errors.append(e))
+            destination.send({"type": "alias", "userId": "u1", "previousId": "a1"})
+            settled = destination.flush(timeout=5)
+            raised: Optional[BaseException] = None
+            try:
+                destination.purge(user_ids=["u1"])
+            except Exception as exc:
+                raised = exc
+            destination.shutdown(timeout=1)
+            paths = [a.path for a in server.snapshot()]
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return {
+        "control_bytes": os.path.getsize(control) if os.path.exists(control) else 0,
+        "keylog_bytes": os.path.getsize(keylog) if os.path.exists(keylog) else 0,
+        "settled": settled,
+        "stats": destination.stats(),
+        "errors": errors,
+        "raised": raised,
+        "paths": paths,
+    }
+
+
 # -- memory, measured in a child interpreter -------------------------------------------------
 
 
@@ -804,10 +983,57 @@ def _rows(selected: Sequence[str]) -> Iterator[Dict[str, Any]]:
             fault = f"purge answered 429 with Retry-After: {value} for ever, max_retries=3"
             yield _row(run_purge("purge-" + name, fault, retry_after(value), max_retries=3,
                                  initial_backoff=0.2, max_backoff=0.4, wait=20))
+    for kind, fault in INPUT_ROWS.items():
+        if wanted(kind):
+            f = run_input(kind)
+            s = f.stats
+            outcome = (f"{s.get('delivered', 0)} delivered, {s.get('failed', 0)} failed "
+                       f"({s.get('failed_invalid', 0)} invalid), {s.get('pending', 0)} pending"
+                       f" of {s.get('received', 0)} received")
+            notes = ["app call raised" if f.raised is not None else "the app's call returned"]
+            notes += sorted({f"on_error: {type(e).__name__}" for e in f.errors})
+            bad = f.extra.get("bad_user")
+            if bad is not None:
+                notes.append(f"stored: email {bad['emailAddress']}, attributes "
+                             f"{sorted(bad['attributes'])}")
+            notes.append(f"Segment got {f.segment_received} of 5")
+            yield {"scenario": kind, "fault": fault + "; 4 good calls around it",
+                   "outcome": outcome, "attempts": "", "longest attempt (s)": "",
+                   "seconds": round(f.seconds, 2), "notes": "; ".join(notes)}
+    for which in BAD_KEYS:
+        name = f"key-{which}"
+        if wanted(name):
+            error = bad_key_error(which)
+            text = "" if error is None else str(error)
+            yield {"scenario": name, "fault": f"api_key with a {which.replace('-', ' ')}",
+                   "outcome": "accepted" if error is None
+                   else f"{type(error).__name__} at construction",
+                   "attempts": 0, "longest attempt (s)": "", "seconds": "",
+                   "notes": "key in the text: " + ("yes" if API_KEY in text else "no")
+                            + (f"; `{text[:60]}...`" if text else "")}
+    if wanted("sslkeylogfile"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as directory:
+            r = run_keylog(directory)
+        if r is not None:
+            yield {"scenario": "sslkeylogfile",
+                   "fault": "SSLKEYLOGFILE set (and SSL_CERT_FILE/SSL_CERT_DIR/"
+                            "REQUESTS_CA_BUNDLE trusting a self-signed loopback server)",
+                   "outcome": f"{r['stats'].get('failed', 0)} failed (certificate not "
+                              "trusted), purge raised "
+                              f"{type(r['raised']).__name__ if r['raised'] else 'nothing'}",
+                   "attempts": len(r["paths"]) - 1, "longest attempt (s)": "", "seconds": "",
+                   "notes": f"{r['keylog_bytes']} bytes written to SSLKEYLOGFILE (the stdlib "
+                            f"default context wrote {r['control_bytes']})"}
     if wanted("max-retry-after-0"):
-        fault = "max_retry_after=0, 429 with Retry-After: 5, max_retries=3"
-        yield _row(run_delivery("max-retry-after-0", fault, retry_after("5"), max_retries=3,
-                                max_retry_after=0, wait=20))
+        fault = "max_retry_after=0, 503 with Retry-After: 5 for ever, max_retries=3"
+        yield _row(run_delivery("max-retry-after-0", fault, retry_after("5", status=503),
+                                max_retries=3, max_retry_after=0, wait=20))
+    if wanted("max-retry-after-0-429"):
+        fault = "max_retry_after=0, 429 with Retry-After: 5 for ever, max_retries=3"
+        yield _row(run_delivery("max-retry-after-0-429", fault, retry_after("5"),
+                                max_retries=3, max_retry_after=0, wait=30))
 
 
 def _row(f: Figures) -> Dict[str, Any]:

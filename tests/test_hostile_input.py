@@ -19,7 +19,15 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import httpx
 import pytest
-from hostile_servers import FAST, HostileServer, answer, texts_of
+from hostile_servers import (
+    FAST,
+    HostileServer,
+    RaisingEqKey,
+    RaisingStrInt,
+    UnhashableId,
+    answer,
+    texts_of,
+)
 from segment.analytics import Client
 
 from analytics_sprig import (
@@ -166,34 +174,6 @@ def test_an_exception_during_a_request_cannot_carry_a_header_value(
 
 
 # -- hostile values from the app -------------------------------------------------------------
-
-
-class UnhashableId(str):
-    """A str whose ``str()`` is itself and that cannot be hashed (a dict key, a set item)."""
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __str__(self) -> str:
-        return self
-
-
-class RaisingEqKey(str):
-    """A str that hashes like the plain string but whose ``==`` raises."""
-
-    __hash__ = str.__hash__
-
-    def __eq__(self, other: object) -> bool:
-        raise RuntimeError("__eq__ refuses")
-
-    def __ne__(self, other: object) -> bool:
-        raise RuntimeError("__ne__ refuses")
-
-
-class RaisingStrInt(int):
-    """An int whose ``str()`` raises."""
-
-    def __str__(self) -> str:
-        raise RuntimeError("__str__ refuses")
 
 
 class Errors:
