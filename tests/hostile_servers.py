@@ -4,8 +4,9 @@ The servers (:class:`HostileServer` plus the behaviour factories below) listen o
 and answer each request with a *behaviour*: a function that writes whatever bytes it likes
 to the connection (a 200 MB body, an endless chunked body, a gzip bomb, one byte every
 0.3 s, ``429`` with ``Retry-After: 1e-300`` forever...). Each request is recorded as an
-:class:`Attempt` with when its connection was accepted, when the answer ended or the client
-was seen hanging up, and how many bytes the server managed to push.
+:class:`Attempt`: when it began (its connection accepted, or its first byte on a reused
+connection), when the answer ended or the client was seen hanging up, and how many bytes
+the server managed to push.
 
 The scenario runners (:func:`run_delivery`, :func:`run_purge`, :func:`memory_growth`) drive
 only the public API (a real ``segment.analytics.Client`` with the destination added, or
@@ -57,7 +58,9 @@ class Attempt:
     headers: Dict[str, str]
     body: bytes
     connection: int  #: serial number of the TCP connection it came on (1, 2, ...)
-    accepted: float  #: when its connection was accepted, or the previous answer on it ended
+    #: When the attempt began, as near as the server can tell: its connection's accept for
+    #: the first request on it, the arrival of its first byte for later ones (keep-alive).
+    started: float
     received: float  #: when the request was fully read
     ended: Optional[float] = None  #: when the answer was complete or the client hung up
     client_gone: bool = False  #: the client closed the connection before the answer ended
@@ -66,7 +69,7 @@ class Attempt:
     @property
     def duration(self) -> float:
         """Seconds from accept to the end of the answer (or the client's hang-up)."""
-        return (self.ended if self.ended is not None else time.monotonic()) - self.accepted
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
 
 
 class Exchange:
@@ -217,7 +220,7 @@ class HostileServer:
                 self._threads.append(thread)
             thread.start()
 
-    def _serve(self, sock: socket.socket, serial: int, accepted: float) -> None:
+    def _serve(self, sock: socket.socket, serial: int, accepted: Optional[float]) -> None:
         try:
             sock.settimeout(30.0)  # a safety net only: every behaviour watches the client
             if self.tls is not None:
@@ -234,9 +237,11 @@ class HostileServer:
                 request = _read_request(sock, buffered)
                 if request is None:
                     return
-                (method, path, headers, body), buffered = request
-                attempt = Attempt(method, path, headers, body, serial, accepted,
+                (method, path, headers, body), buffered, first_byte = request
+                attempt = Attempt(method, path, headers, body, serial,
+                                  accepted if accepted is not None else first_byte,
                                   time.monotonic())
+                accepted = None  # later requests on this connection start at their first byte
                 with self._changed:
                     self.attempts.append(attempt)
                     self._changed.notify_all()
@@ -245,7 +250,6 @@ class HostileServer:
                     keep = self.behaviour(Exchange(self, sock, attempt))
                 finally:
                     attempt.ended = time.monotonic()
-                    accepted = attempt.ended
                 if not keep or attempt.client_gone:
                     return
         except OSError:
@@ -257,9 +261,13 @@ class HostileServer:
 
 def _read_request(
     sock: socket.socket, buffered: bytes
-) -> Optional[Tuple[Tuple[str, str, Dict[str, str], bytes], bytes]]:
-    """Read one request (head + ``Content-Length`` body); ``None`` at EOF or on garbage."""
+) -> Optional[Tuple[Tuple[str, str, Dict[str, str], bytes], bytes, float]]:
+    """Read one request (head + ``Content-Length`` body); ``None`` at EOF or on garbage.
+
+    Returns the request, the bytes read beyond it, and when its first byte arrived.
+    """
     data = buffered
+    first_byte = time.monotonic() if data else None
     while b"\r\n\r\n" not in data:
         if len(data) > _HEAD_LIMIT:
             return None
@@ -269,7 +277,11 @@ def _read_request(
             return None
         if not more:
             return None
+        if first_byte is None:
+            first_byte = time.monotonic()
         data += more
+    if first_byte is None:
+        first_byte = time.monotonic()
     head, _, rest = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
@@ -288,7 +300,7 @@ def _read_request(
         if not more:
             return None
         rest += more
-    return (parts[0], parts[1], headers, rest[:length]), rest[length:]
+    return (parts[0], parts[1], headers, rest[:length]), rest[length:], first_byte
 
 
 def free_port() -> int:
@@ -1005,12 +1017,13 @@ def _rows(selected: Sequence[str]) -> Iterator[Dict[str, Any]]:
         if wanted(name):
             error = bad_key_error(which)
             text = "" if error is None else str(error)
+            shown = text.partition("; ")[2] or text
             yield {"scenario": name, "fault": f"api_key with a {which.replace('-', ' ')}",
                    "outcome": "accepted" if error is None
                    else f"{type(error).__name__} at construction",
                    "attempts": 0, "longest attempt (s)": "", "seconds": "",
                    "notes": "key in the text: " + ("yes" if API_KEY in text else "no")
-                            + (f"; `{text[:60]}...`" if text else "")}
+                            + (f"; \"{shown}\"" if shown else "")}
     if wanted("sslkeylogfile"):
         import tempfile
 
