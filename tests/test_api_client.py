@@ -26,8 +26,8 @@ from analytics_sprig import (
     __version__,
 )
 from analytics_sprig.batching._retry import RETRY_AFTER_FLOOR, RetryPolicy, RetryState, next_delay
-from analytics_sprig.sprig._http import is_retryable_status, parse_retry_after
 from analytics_sprig.sprig._api import PURGE_CHUNK, purge_chunks
+from analytics_sprig.sprig._http import is_retryable_status, parse_retry_after
 from analytics_sprig.testing import FakeSprig
 
 KEY = "sk_live_0123456789abcdefSECRETxyz"

@@ -49,8 +49,22 @@ class State(enum.Enum):
 class Body(Generic[B]):
     """One request's worth of work for one key, with what it carries."""
 
-    __slots__ = ("created", "full", "key", "not_before", "payload", "refs", "retry", "seq",
-                 "sealed", "spool_ids", "started", "state", "updated", "written_off")
+    __slots__ = (
+        "created",
+        "full",
+        "key",
+        "not_before",
+        "payload",
+        "refs",
+        "retry",
+        "sealed",
+        "seq",
+        "spool_ids",
+        "started",
+        "state",
+        "updated",
+        "written_off",
+    )
 
     def __init__(self, key: str, payload: B, refs: List[Any], now: float, seq: int) -> None:
         self.key = key
@@ -126,6 +140,21 @@ class Lanes(Generic[P, B]):
         if spool_ids:
             body.spool_ids = spool_ids
         return body
+
+    def add_unspooled(self, key: str, payload: B, refs: List[Any], now: float,
+                      spool_id: int) -> Body[B]:
+        """Append a body claimed back from the spool, merged into the previous one of the
+        same key when that one came from the spool too, was not sent yet, and fits."""
+        lane = self._lanes.get(key)
+        if lane:
+            tail = lane[-1]
+            if (tail.sealed and tail.spool_ids and tail.state is State.WAITING
+                    and self._merger.merge(tail.payload, payload)):  # type: ignore[arg-type]
+                tail.refs.extend(refs)
+                tail.spool_ids.append(spool_id)
+                self.messages += len(refs)
+                return tail
+        return self.add_body(key, payload, refs, now, [spool_id])
 
     def _append(self, key: str, payload: B, refs: List[Any], now: float, *,
                 sealed: bool) -> Body[B]:

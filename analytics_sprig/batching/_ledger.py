@@ -156,12 +156,10 @@ class Ledger:
             self._log(outcome, len(refs), error, reason)
             if not refs:
                 return
-            if outcome is Outcome.DELIVERED:
-                if self._on_delivered is not None:
-                    self._call(self._on_delivered, self._describe(refs))
-            elif outcome in (Outcome.FAILED, Outcome.DROPPED):
-                if self._on_error is not None:
-                    self._call(self._on_error, error, self._describe(refs))
+            if outcome is Outcome.DELIVERED and self._on_delivered is not None:
+                self._call(self._on_delivered, self._describe(refs))
+            elif outcome in (Outcome.FAILED, Outcome.DROPPED) and self._on_error is not None:
+                self._call(self._on_error, error, self._describe(refs))
         finally:
             with self.lock:
                 self.reporting -= 1

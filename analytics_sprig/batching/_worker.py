@@ -25,10 +25,12 @@ from collections import deque
 from typing import Any, Deque, Dict, Generic, List, Optional, Tuple, TypeVar
 
 from ._backend import Backend, Part, Plan, Reject, Session, Skip
-from ._lanes import Body, Lanes
+from ._lanes import Body, Lanes, plan_bodies
 from ._ledger import DropReason, Ledger, OnDelivered, OnError, Outcome
 from ._limits import Throttle
 from ._retry import RetryPolicy, RetryState, next_delay
+from ._spool import Spool
+from ._spooling import POLL_INTERVAL, PROBE_INTERVAL, SpoolGate
 
 logger = logging.getLogger("analytics_sprig")
 
@@ -66,8 +68,10 @@ class BatchWorker(Generic[P, B]):
         shutdown_timeout: float,
         on_error: Optional[OnError] = None,
         on_delivered: Optional[OnDelivered] = None,
+        spool: Optional[Spool] = None,
     ) -> None:
         self._backend = backend
+        self._gate = SpoolGate(spool) if spool is not None else None
         self._max_queue_size = max_queue_size
         self._linger = linger
         self._max_concurrency = max_concurrency
@@ -84,6 +88,8 @@ class BatchWorker(Generic[P, B]):
         )
         self._reset()
         _live.add(self)
+        if self._gate is not None:
+            self._start()  # rows an earlier process left in the spool go out first
 
     def _reset(self) -> None:
         """Fresh state: at construction and in a forked child."""
@@ -122,6 +128,7 @@ class BatchWorker(Generic[P, B]):
         self._aborted = False
         self._sync_session: Optional[Session] = None
         self._sync_lock = threading.Lock()
+        self._healthy = True  # the last attempt did not fail retryably (spool drains then)
 
     # -- the app's thread -----------------------------------------------------------------
 
@@ -250,9 +257,13 @@ class BatchWorker(Generic[P, B]):
                 if not self._inbox and not self._aborted and not self._flushing:
                     # Let calls gather for a batch; nobody needs to wake us for them.
                     self._arrivals.wait(PLAN_INTERVAL)
-                while not self._inbox and not self._aborted:
+                claim = self._claim_limit()
+                while not self._inbox and not self._aborted and not claim:
                     self._planner_asleep = True
-                    self._arrivals.wait()
+                    gate = self._gate
+                    self._arrivals.wait(POLL_INTERVAL if gate is not None and gate.has_rows
+                                        else None)
+                    claim = self._claim_limit()
                 self._planner_asleep = False
                 if self._aborted:
                     return
@@ -262,9 +273,52 @@ class BatchWorker(Generic[P, B]):
                 self._placed = 0
                 epoch = self._epoch
             try:
-                self._plan_and_place(items, epoch)
+                if claim:
+                    self._unspool(claim)
+                if items:
+                    self._plan_and_place(items, epoch)
             except Exception:  # a bug must not stop delivery for the process's life
                 logger.exception("analytics_sprig planner error")
+
+    def _claim_limit(self) -> int:
+        """How many spooled rows to claim back now (the caller holds the lock).
+
+        While the destination fails, one row at a time, and only when nothing else is
+        being sent: it probes, with its own retries, whether the outage is over.
+        """
+        gate = self._gate
+        if gate is None or self._closed:
+            return 0
+        now = time.monotonic()
+        if not self._healthy:
+            if self._lanes.bodies or not gate.due(now, False):
+                return 0
+            gate.next_poll = now + PROBE_INTERVAL
+            return 1
+        room = self._pressure - self._lanes.bodies
+        if room <= 0 or not gate.due(now, bool(self._flushing)):
+            return 0
+        return room
+
+    def _unspool(self, limit: int) -> None:
+        """Claim rows back from the spool into their lanes, oldest first."""
+        gate = self._gate
+        assert gate is not None
+        rows, waiting = gate.claim(limit)
+        with self._lock:
+            now = time.monotonic()
+            gate.next_poll = max(gate.next_poll, now + POLL_INTERVAL)
+            gate.keys = waiting
+            gate.has_rows = bool(rows) or bool(waiting)
+            count = 0
+            for row in rows:
+                refs = [tuple(ref) if isinstance(ref, list) else ref for ref in row.refs]
+                self._lanes.add_unspooled(row.key, row.payload, refs, now, row.id)
+                count += len(refs)
+            self._ledger.unspooled += count
+            self._ledger.pending += count
+            if rows:
+                self._wake_senders(now, True)
 
     def _plan(self, item: Any) -> Plan[P]:
         try:
@@ -279,28 +333,41 @@ class BatchWorker(Generic[P, B]):
             for start in range(0, len(items), PLACE_CHUNK):
                 chunk = items[start : start + PLACE_CHUNK]
                 plans = [self._plan(item) for item in chunk]
+                spooled: List[Part[P]] = []
                 with self._lock:
                     if epoch != self._epoch:
                         return  # written off at a shutdown deadline while we planned
                     self._placed += len(chunk)
                     self._planned += len(chunk)
-                    self._place(plans, reports)
+                    self._place(plans, reports, spooled)
+                if spooled:
+                    self._store(plan_bodies(self._backend.merger,
+                                            [(p.key, p.part, p.ref) for p in spooled]))
         finally:
             for report in reports:
                 self._ledger.report(*report)
 
-    def _place(self, plans: List[Plan[P]], reports: List[_Report]) -> None:
-        """Put planned messages in their lanes (the caller holds the lock)."""
+    def _place(self, plans: List[Plan[P]], reports: List[_Report],
+               spooled: List[Part[P]]) -> None:
+        """Put planned messages in their lanes, or in ``spooled`` when they go to the spool
+        (the caller holds the lock)."""
         ledger = self._ledger
         lanes = self._lanes
+        gate = self._gate
         now = time.monotonic()
         started = 0
         for plan in plans:
             if isinstance(plan, Part):
-                if lanes.add(plan.key, plan.part, plan.ref, now) is None:
-                    self._overflow(plan, reports)
-                else:
+                if gate is not None and plan.key in gate.keys:
+                    spooled.append(plan)  # older calls of this key wait in the spool
+                elif lanes.add(plan.key, plan.part, plan.ref, now) is not None:
                     started += 1
+                elif gate is not None and gate.usable:
+                    gate.keys.add(plan.key)
+                    gate.has_rows = True
+                    spooled.append(plan)  # beyond the memory bound: to disk, not lost
+                else:
+                    self._overflow(plan, reports)
             elif isinstance(plan, Skip):
                 ledger.settle(Outcome.SKIPPED, 1, plan.reason)
             else:
@@ -456,10 +523,16 @@ class BatchWorker(Generic[P, B]):
                 return  # counted at a shutdown deadline while this attempt ran
             ledger = self._ledger
             throttle = self._throttle
+            spool: List[Body[B]] = []
             if error is None:
                 throttle.succeeded(now)
                 outcome = Outcome.DELIVERED
+                if not self._healthy:
+                    self._healthy = True
+                    self._arrivals.notify()  # spooled rows may be sent again
             else:
+                if getattr(error, "retryable", False):
+                    self._healthy = False
                 step = next_delay(error, self._retry, body.retry)
                 if step is not None:
                     delay, server_pause = step
@@ -472,14 +545,64 @@ class BatchWorker(Generic[P, B]):
                     logger.debug("%s request failed (%s); retrying in %.2fs",
                                  self._backend.name, error, delay)
                     return
-                outcome = Outcome.FAILED
-            self._lanes.finish(body)
-            ledger.settle(outcome, len(body.refs))
-            if ledger.wants_report(outcome):
-                ledger.begin_report()
-                report = (outcome, body.refs, error, None)
+                gate = self._gate
+                if gate is not None and gate.usable and getattr(error, "retryable", False):
+                    # The budget ran out on an error that may pass: keep the body, and the
+                    # ones of its key behind it (they must not overtake it), for later.
+                    spool = [body, *self._lanes.take_lane(body.key, body)]
+                    self._lanes.finish(body)
+                    gate.keys.add(body.key)
+                    gate.has_rows = True
+                else:
+                    spool = []
+                    outcome = Outcome.FAILED
+            if not spool:
+                self._lanes.finish(body)
+                ledger.settle(outcome, len(body.refs))
+                if ledger.wants_report(outcome):
+                    ledger.begin_report()
+                    report = (outcome, body.refs, error, None)
+        if spool:
+            self._store(spool)
+            return
         if report is not None:
             self._ledger.report(*report)
+        if body.spool_ids and self._gate is not None:
+            self._gate.done(body.spool_ids)
+
+    def _store(self, bodies: List[Body[B]]) -> None:
+        """Keep ``bodies`` (pending) in the spool and account for it (not under the lock)."""
+        gate = self._gate
+        assert gate is not None
+        refused, evicted = gate.store(bodies)
+        ledger = self._ledger
+        reports: List[_Report] = []
+        refused_ids = {id(body) for body in refused}
+        kept = [ref for body in bodies if id(body) not in refused_ids for ref in body.refs]
+        lost = [ref for body in refused for ref in body.refs]
+        old = [ref for row in evicted for ref in row.refs]
+        with self._lock:
+            if kept:
+                gate.has_rows = True
+                self._arrivals.notify()  # the planner claims them back when it may
+            ledger.settle(Outcome.SPOOLED, len(kept))
+            if kept:
+                ledger.begin_report()
+                reports.append((Outcome.SPOOLED, kept, None, None))
+            if old:  # rows of earlier runs pushed out of a full spool: out, and lost
+                ledger.unspooled += len(old)
+                ledger.pending += len(old)
+            if lost or old:
+                ledger.settle(Outcome.DROPPED, len(lost) + len(old), DropReason.SPOOL_FULL)
+                ledger.begin_report()
+                error = self._backend.dropped(
+                    DropReason.SPOOL_FULL,
+                    f"the spool is full or unusable (spool_max_bytes={gate.spool.max_bytes}); "
+                    "message dropped",
+                )
+                reports.append((Outcome.DROPPED, lost + old, error, DropReason.SPOOL_FULL))
+        for report in reports:
+            ledger.report(*report)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -493,7 +616,7 @@ class BatchWorker(Generic[P, B]):
         ledger = self._ledger
         reentrant = ledger.in_callback()
         with self._lock:
-            if not ledger.busy():
+            if not ledger.busy() and not self._spool_waits():
                 return True
             self._flushing += 1
             self._flush_mark = self._handed
@@ -506,14 +629,24 @@ class BatchWorker(Generic[P, B]):
                 self._drain_inline(deadline)
             with self._lock:
 
+
                 def done() -> bool:
-                    return not (ledger.pending if reentrant else ledger.busy())
+                    if ledger.pending if reentrant else ledger.busy():
+                        return False
+                    return not self._spool_waits()
 
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 return ledger.changed.wait_for(done, remaining)
         finally:
             with self._lock:
                 self._flushing -= 1
+
+    def _spool_waits(self) -> bool:
+        """Whether a flush should wait for rows in the spool: they are sent too, while the
+        destination answers (the caller holds the lock)."""
+        gate = self._gate
+        return (gate is not None and gate.has_rows and gate.usable and self._healthy
+                and not self._aborted and not self._closed)
 
     def _drain_inline(self, deadline: Optional[float]) -> None:
         """No thread can start (interpreter exit): plan and send from this thread."""
@@ -559,7 +692,9 @@ class BatchWorker(Generic[P, B]):
             idle = not self._threads and not self._ledger.busy()
         if idle:
             return
-        if not self.flush(timeout):
+        # With a spool, part of the time is kept for writing what is still pending.
+        reserve = min(1.0, 0.2 * timeout) if self._gate is not None else 0.0
+        if not self.flush(max(0.0, timeout - reserve)):
             self._write_off()
         with self._lock:
             self._aborted = True
@@ -576,22 +711,31 @@ class BatchWorker(Generic[P, B]):
                 self._sync_session = None
 
     def _write_off(self) -> None:
-        """Count everything still pending as dropped (a shutdown deadline passed)."""
+        """A shutdown deadline passed: keep everything pending in the spool, or drop it."""
         with self._lock:
             bodies = self._lanes.take_all()
-            refs = [ref for body in bodies for ref in body.refs]
-            ref_of = self._backend.ref
-            refs.extend(ref_of(item) for item in self._planning[self._placed :])
-            refs.extend(ref_of(item) for item in self._inbox)
-            count = len(refs)  # not ledger.pending: a sync-mode send settles on its own
+            unplanned = self._planning[self._placed :] + list(self._inbox)
             self._inbox.clear()
             self._planning = []
             self._placed = 0
             self._epoch += 1
-            if not count:
-                return
-            self._ledger.settle(Outcome.DROPPED, count, DropReason.SHUTDOWN)
-            self._ledger.begin_report()
+            gate = self._gate
+            if gate is None or not gate.usable:
+                refs = [ref for body in bodies for ref in body.refs]
+                refs.extend(self._backend.ref(item) for item in unplanned)
+                count = len(refs)  # not ledger.pending: a sync-mode send settles on its own
+                if not count:
+                    return
+                self._ledger.settle(Outcome.DROPPED, count, DropReason.SHUTDOWN)
+                self._ledger.begin_report()
+        if gate is not None and gate.usable:
+            plans = [self._plan(item) for item in unplanned]
+            parts = [(p.key, p.part, p.ref) for p in plans if isinstance(p, Part)]
+            for plan in plans:
+                if not isinstance(plan, Part):
+                    self._settle_plan(plan)
+            self._store(bodies + plan_bodies(self._backend.merger, parts))
+            return
         error = self._backend.dropped(
             DropReason.SHUTDOWN,
             f"{count} message{'' if count == 1 else 's'} still pending at the shutdown deadline",
@@ -612,12 +756,16 @@ class BatchWorker(Generic[P, B]):
             stats = self._ledger.snapshot()
             stats["in_flight"] = self._in_flight
             stats["concurrency"] = self._throttle.concurrency
+            if self._gate is not None:
+                stats["spool_reclaimed"] = self._gate.spool.reclaimed
         return stats
 
     def after_fork_in_child(self) -> None:
         """The child of ``fork()`` starts empty with no threads; the parent keeps its own."""
         self._reset()
         self._backend.after_fork_in_child()
+        if self._gate is not None:
+            self._gate.after_fork_in_child()
 
 
 def _after_fork_in_child() -> None:

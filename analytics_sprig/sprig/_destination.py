@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from typing import Any, Collection, Dict, Iterable, List, Optional
+from typing import Any, Collection, Dict, Iterable, List, Optional, Union
 
 from ..batching._ledger import OnDelivered, OnError
 from ..batching._retry import RetryPolicy, retry_call
@@ -74,6 +75,10 @@ class SprigDestination:
     - ``disable_cloud_destination`` (False): for each call forwarded here, the copy sent to
       Segment's servers says ``"Sprig": false`` (and the two other names), so a cloud-mode
       Sprig destination on the same source does not deliver it twice.
+    - ``spool`` (None): a file path for a SQLite spool that keeps what cannot be delivered
+      (pending at a shutdown deadline, retry budget spent on a retryable error, beyond
+      ``max_queue_size``); the next process that opens the same path sends it first.
+      ``spool_max_bytes`` (64 MiB) bounds it; beyond it the oldest rows are dropped.
     - ``proxy``: an HTTP proxy URL (environment proxies are not used).
     """
 
@@ -106,6 +111,8 @@ class SprigDestination:
         screen_event_format: str = DEFAULT_SCREEN_EVENT_FORMAT,
         screen_event_default: str = DEFAULT_SCREEN_EVENT_DEFAULT,
         disable_cloud_destination: bool = False,
+        spool: Optional[Union[str, os.PathLike[str]]] = None,
+        spool_max_bytes: int = 64 * 1024 * 1024,
         proxy: Optional[str] = None,
     ) -> None:
         options.callback("on_error", on_error, "on_error(exception, messages)")
@@ -157,6 +164,7 @@ class SprigDestination:
             shutdown_timeout=options.number("shutdown_timeout", shutdown_timeout, minimum=0),
             on_error=on_error,
             on_delivered=on_delivered,
+            spool=options.spool(spool, spool_max_bytes),
         )
         self._cloud = threading.local()
         self._cloud_guard = disable_cloud_destination

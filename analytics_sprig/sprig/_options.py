@@ -7,9 +7,11 @@ Wrong types raise ``TypeError``; nonsensical values raise :class:`ConfigurationE
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Collection, FrozenSet, Iterable, Optional, Tuple
 
 from .._errors import ConfigurationError
+from ..batching._spool import Spool
 from ._mapping import EventNaming
 from ._routing import SEGMENT_TYPES
 
@@ -97,3 +99,19 @@ def strings(name: str, values: Collection[Any]) -> Iterable[str]:
     if any(not isinstance(v, str) or not v for v in items):
         raise TypeError(f"{name} must hold non-empty str values")
     return items
+
+
+def spool(path: Any, max_bytes: Any) -> Optional[Spool]:
+    """``None``, or a :class:`Spool` at ``path`` (opened lazily, off the app's thread)."""
+    integer("spool_max_bytes", max_bytes, minimum=1)
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"spool must be a file path (str or os.PathLike), got "
+                        f"{type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text:
+        raise ConfigurationError("spool must be a non-empty file path")
+    if os.path.isdir(text):
+        raise ConfigurationError(f"spool {text!r} is a directory; give a file path")
+    return Spool(text, max_bytes=max_bytes)
