@@ -65,7 +65,7 @@ class EventFilter:
 class _Patterns:
     def __init__(self, patterns: Iterable[str]) -> None:
         names = list(patterns)
-        self._exact: FrozenSet[str] = frozenset(p for p in names if not _is_glob(p))
+        self._exact: FrozenSet[str] = frozenset(names)  # "Clicked [Buy]" matches itself too
         self._globs = [p for p in names if _is_glob(p)]
 
     def match(self, name: str) -> bool:
