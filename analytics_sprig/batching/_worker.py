@@ -149,31 +149,61 @@ class BatchWorker(Generic[P, B]):
         self._settle_plan(plan)
 
     def put(self, item: Any) -> None:
-        """Hand ``item`` to the planner without blocking; drop it at the bound."""
+        """Hand ``item`` to the planner without blocking; drop it at the bound.
+
+        No lock on this path: ``deque.append`` is atomic, and an item in the inbox counts
+        as received and pending (``stats()`` adds ``len(inbox)`` under the lock, and the
+        planner moves items out of it and into the counters under that same lock).
+        """
+        inbox = self._inbox
+        if len(inbox) >= self._max_queue_size or self._closed:
+            self._drop_at_put(item)
+            return
+        inbox.append(item)
+        if self._planner_asleep or self._planner is None:
+            self._wake_planner()
+        if self._closed:  # shut down meanwhile: this item must not wait forever
+            self._sweep_inbox()
+
+    def _wake_planner(self) -> None:
+        with self._lock:
+            if self._planner_asleep:
+                self._planner_asleep = False
+                self._arrivals.notify()
+            start = self._planner is None
+        if start:
+            self._start()
+
+    def _drop_at_put(self, item: Any) -> None:
         with self._lock:
             ledger = self._ledger
             ledger.received += 1
-            inbox = self._inbox
-            if self._closed or len(inbox) >= self._max_queue_size:
-                dropped = True
-                ledger.pending += 1
-                reason = DropReason.SHUTDOWN if self._closed else DropReason.QUEUE_FULL
-                ledger.settle(Outcome.DROPPED, 1, reason)
-                ledger.begin_report()
-            else:
-                dropped = False
-                inbox.append(item)
-                self._handed += 1
-                ledger.pending += 1
-                if self._planner_asleep:
-                    self._planner_asleep = False
-                    self._arrivals.notify()
-                if self._planner is not None:
-                    return
-        if dropped:
-            self._report_drop(reason, [self._backend.ref(item)])
-        else:
-            self._start()
+            ledger.pending += 1
+            reason = DropReason.SHUTDOWN if self._closed else DropReason.QUEUE_FULL
+            ledger.settle(Outcome.DROPPED, 1, reason)
+            ledger.begin_report()
+        self._report_drop(reason, [self._backend.ref(item)])
+
+    def _take_inbox(self) -> List[Any]:
+        """Move every item of the inbox into the counters (the caller holds the lock)."""
+        inbox = self._inbox
+        items = [inbox.popleft() for _ in range(len(inbox))]
+        self._ledger.received += len(items)
+        self._ledger.pending += len(items)
+        self._handed += len(items)
+        return items
+
+    def _sweep_inbox(self) -> None:
+        """Drop what reached the inbox after a shutdown (a call racing it)."""
+        with self._lock:
+            if not self._aborted:
+                return  # the shutdown in progress still handles the inbox
+            items = self._take_inbox()
+            if not items:
+                return
+            self._ledger.settle(Outcome.DROPPED, len(items), DropReason.SHUTDOWN)
+            self._ledger.begin_report()
+        self._report_drop(DropReason.SHUTDOWN, [self._backend.ref(i) for i in items])
 
     def put_bodies(self, bodies: List[Tuple[str, B, List[Any]]]) -> None:
         """Queue bodies built elsewhere (a replay): each is sent as it is, in order."""
@@ -260,6 +290,8 @@ class BatchWorker(Generic[P, B]):
                 claim = self._claim_limit()
                 while not self._inbox and not self._aborted and not claim:
                     self._planner_asleep = True
+                    if self._inbox:
+                        break  # appended before the app could see the flag: no wake-up
                     gate = self._gate
                     self._arrivals.wait(POLL_INTERVAL if gate is not None and gate.has_rows
                                         else None)
@@ -267,8 +299,7 @@ class BatchWorker(Generic[P, B]):
                 self._planner_asleep = False
                 if self._aborted:
                     return
-                items = list(self._inbox)
-                self._inbox.clear()
+                items = self._take_inbox()
                 self._planning = items
                 self._placed = 0
                 epoch = self._epoch
@@ -616,10 +647,10 @@ class BatchWorker(Generic[P, B]):
         ledger = self._ledger
         reentrant = ledger.in_callback()
         with self._lock:
-            if not ledger.busy() and not self._spool_waits():
+            if not ledger.busy() and not self._inbox and not self._spool_waits():
                 return True
             self._flushing += 1
-            self._flush_mark = self._handed
+            self._flush_mark = self._handed + len(self._inbox)
             self._arrivals.notify()
             if self._lanes.bodies and not self._aborted:
                 self._wake_senders(time.monotonic(), self._flushing_now())
@@ -631,7 +662,7 @@ class BatchWorker(Generic[P, B]):
 
 
                 def done() -> bool:
-                    if ledger.pending if reentrant else ledger.busy():
+                    if self._inbox or (ledger.pending if reentrant else ledger.busy()):
                         return False
                     return not self._spool_waits()
 
@@ -651,8 +682,7 @@ class BatchWorker(Generic[P, B]):
     def _drain_inline(self, deadline: Optional[float]) -> None:
         """No thread can start (interpreter exit): plan and send from this thread."""
         with self._lock:
-            items = list(self._inbox)
-            self._inbox.clear()
+            items = self._take_inbox()
             self._planning = items
             self._placed = 0
             epoch = self._epoch
@@ -688,8 +718,8 @@ class BatchWorker(Generic[P, B]):
             if self._aborted:
                 return  # shut down already: threads left are finishing written-off work
             self._closed = True
-            self._flush_mark = self._handed
-            idle = not self._threads and not self._ledger.busy()
+            self._flush_mark = self._handed + len(self._inbox)
+            idle = not self._threads and not self._ledger.busy() and not self._inbox
         if idle:
             return
         # With a spool, part of the time is kept for writing what is still pending.
@@ -701,6 +731,7 @@ class BatchWorker(Generic[P, B]):
             self._arrivals.notify_all()
             self._work.notify_all()
             threads = list(self._threads)
+        self._sweep_inbox()
         current = threading.current_thread()
         for thread in threads:
             if thread is not current:
@@ -714,8 +745,7 @@ class BatchWorker(Generic[P, B]):
         """A shutdown deadline passed: keep everything pending in the spool, or drop it."""
         with self._lock:
             bodies = self._lanes.take_all()
-            unplanned = self._planning[self._placed :] + list(self._inbox)
-            self._inbox.clear()
+            unplanned = self._planning[self._placed :] + self._take_inbox()
             self._planning = []
             self._placed = 0
             self._epoch += 1
@@ -754,6 +784,9 @@ class BatchWorker(Generic[P, B]):
         """A consistent snapshot of every counter."""
         with self._lock:
             stats = self._ledger.snapshot()
+            waiting = len(self._inbox)  # handed off by the app, not yet taken by the planner
+            stats["received"] += waiting
+            stats["pending"] += waiting
             stats["in_flight"] = self._in_flight
             stats["concurrency"] = self._throttle.concurrency
             if self._gate is not None:

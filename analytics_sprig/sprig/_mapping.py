@@ -146,6 +146,10 @@ def epoch_millis(timestamp: Any, now: Optional[datetime] = None) -> int:
 
 
 def _parse_iso(text: str) -> Optional[datetime]:
+    try:  # what analytics-python writes (isoformat, milliseconds) parses as it is
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
     text = text.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
