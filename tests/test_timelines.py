@@ -263,9 +263,6 @@ def test_scoped_plugins_run_for_send(
     assert message["traits"]["ssn"] == "078-05-1120"  # the caller's dict is untouched
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: send_batch() (replay) plans through "
-                   "planner().bodies() and never runs the destination's plugins, so a plugin "
-                   "that strips PII for Sprig is bypassed")
 def test_scoped_plugins_run_for_send_batch(
     fake_sprig: FakeSprig, make_destination: MakeDestination
 ) -> None:
@@ -720,10 +717,6 @@ class ConsentPlugin:
         message["integrations"] = {**message["integrations"], "Amplitude": False}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a client enrich plugin registered before the "
-                   "destination replaces integrations after the guard ran; the destination "
-                   "then routes on Segment's guarded copy (Sprig: false) and skips the call, "
-                   "so it reaches neither Sprig nor the cloud destination")
 def test_guard_with_an_enrich_plugin_registered_before_the_destination(
     fake_sprig: FakeSprig, make_client: MakeClient, make_destination: MakeDestination
 ) -> None:
@@ -739,9 +732,6 @@ def test_guard_with_an_enrich_plugin_registered_before_the_destination(
     assert sprig_events(fake_sprig) == {"u-1": ["Order Completed"]}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Segment's clean() turns a tuple in integration "
-                   "options into a list, so the guard's stash no longer equals the normalized "
-                   "integrations; the destination routes on Sprig: false and skips the call")
 def test_guard_with_integration_options_segment_normalizes(
     fake_sprig: FakeSprig, make_client: MakeClient, make_destination: MakeDestination
 ) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from typing import Any, Collection, Dict, Iterable, List, Optional, Union
 
 from ..batching._ledger import OnDelivered, OnError
@@ -219,12 +220,17 @@ class SprigDestination:
         guarded = dict(integrations or {})
         guarded.update(_CLOUD_OFF)
         message["integrations"] = guarded  # a new dict: the app's own is left as it was
-        self._cloud.stash = (guarded, integrations)
+        # The destination hook must route on the app's integrations, not on this copy:
+        # it recognises the call by its messageId (given here when the app gave none, as
+        # Segment would), whatever later plugins or Segment's normalizing do to the dict.
+        if message.get("messageId") is None:
+            message["messageId"] = str(uuid.uuid4())
+        self._cloud.stash = (str(message["messageId"]), integrations)
 
     def _with_app_integrations(self, message: Message) -> Message:
         """The message as the app made it, for routing (``disable_cloud_destination``)."""
         stash = self._cloud.__dict__.pop("stash", None)
-        if stash is None or message.get("integrations") != stash[0]:
+        if stash is None or message.get("messageId") != stash[0]:
             return message
         routed = dict(message)
         routed["integrations"] = stash[1] if stash[1] is not None else {}
@@ -303,7 +309,7 @@ class SprigDestination:
         For replaying exports: the requests are exactly those ``planner().bodies()``
         (``analytics-sprig replay --dry-run``) shows for the same messages.
         """
-        bodies, others = self._sender.planner.bodies(messages)
+        bodies, others = self._sender.bodies(messages)
         worker = self._worker
         for plan in others:
             worker.account(plan)

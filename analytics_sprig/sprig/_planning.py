@@ -167,16 +167,20 @@ class SprigPlanner:
         )
         return Reject(FailReason.INVALID, invalid, ref)
 
-    def bodies(self, messages: Iterable[Mapping[str, Any]]
+    def bodies(self, messages: Iterable[Mapping[str, Any]], plan: Optional[Any] = None
                ) -> Tuple[List[Body[Payload]], List[Union[Skip, Reject]]]:
         """Plan ``messages`` and coalesce them as if they waited together: the requests
-        the destination makes for them (``--dry-run``, reports), and the other plans."""
+        the destination makes for them (``--dry-run``, reports), and the other plans.
+
+        ``plan(message)`` replaces :meth:`plan` (a destination adds its own plugins).
+        """
+        plan_one = self.plan if plan is None else plan
         items = []
         others: List[Union[Skip, Reject]] = []
         for message in messages:
-            plan = self.plan(message)
-            if isinstance(plan, Part):
-                items.append((plan.key, plan.part, plan.ref))
+            planned = plan_one(message)
+            if isinstance(planned, Part):
+                items.append((planned.key, planned.part, planned.ref))
             else:
-                others.append(plan)
+                others.append(planned)
         return plan_bodies(self.merger, items), others

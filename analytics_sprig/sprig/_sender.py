@@ -13,10 +13,11 @@ import copy
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .._errors import MessageDropped, SprigAuthError
 from ..batching._backend import Part, Plan, Reject, Skip
+from ..batching._lanes import Body
 from ..batching._ledger import DropReason
 from ..pipeline._host import Pipeline
 from ._api import SprigClient, SprigSession
@@ -72,6 +73,22 @@ class SprigSender:
         plan = self.planner.plan_routed(prepared)
         timeline.run_after(prepared, isinstance(plan, Part), client)
         return plan
+
+    def plan_message(self, message: Any, client: Any = None) -> Plan[Payload]:
+        """Route, then :meth:`plan` (for messages not routed on the app's thread)."""
+        try:
+            reason = self.planner.route(message)
+        except Exception as exc:
+            return self.planner.rejected(message, exc)
+        if reason is not None:
+            return Skip(reason)
+        return self.plan((message, client))
+
+    def bodies(self, messages: Iterable[Any]) -> Tuple[List[Body[Payload]],
+                                                       List[Union[Skip, Reject]]]:
+        """The requests ``messages`` make when they wait together, through the
+        destination's own plugins too."""
+        return self.planner.bodies(messages, self.plan_message)
 
     def rejected(self, item: Item, error: BaseException) -> Reject:
         """An item whose planning raised after all."""
