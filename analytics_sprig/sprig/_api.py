@@ -143,7 +143,7 @@ class SprigClient:
         # Client sent, plus the timeouts as a request extension.
         self._headers = {
             "Accept": "application/json",
-            "Accept-Encoding": "gzip, deflate",
+            "Accept-Encoding": "identity",  # a compressed answer could be a bomb
             "Authorization": f"API-Key {self._api_key}",
             "Connection": "keep-alive",
             "Content-Type": "application/json",
@@ -165,13 +165,9 @@ class SprigClient:
                 if http is None:
                     # No redirects, no environment (proxy, CA, key log), one connection,
                     # ``timeout`` bounding each whole attempt: see _transport.
-                    http = self._http = BoundedTransport(
-                        deadline=self._timeout.read or 10.0, proxy=self._proxy
-                    )
+                    http = self._http = BoundedTransport(deadline=self.timeout,
+                                                         proxy=self._proxy)
         return http
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key in text else text
 
     def request(self, method: str, path: str, body: Optional[Mapping[str, Any]] = None) -> Any:
         """Send one request; return the decoded JSON answer (or ``None``).
