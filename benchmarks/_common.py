@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -93,14 +94,50 @@ def ratio_line(name: str, value: float, op: str, bound: float) -> bool:
     return passed
 
 
+def code_version() -> str:
+    """Where ``analytics_sprig`` is imported from, and which commit that is.
+
+    A git checkout gives ``<commit>`` (``+dirty`` when ``analytics_sprig/`` has uncommitted
+    changes); an exported snapshot may hold a ``REVISION`` file naming its commit.
+    """
+    import analytics_sprig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(analytics_sprig.__file__)))
+    revision_file = os.path.join(root, "REVISION")
+    if os.path.exists(revision_file):
+        with open(revision_file, encoding="utf-8") as handle:
+            return f"{root} (snapshot of {handle.read().strip()})"
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
+                                "analytics_sprig"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return root
+    if not commit:
+        return root
+    return f"{root} at {commit}{'+dirty' if dirty else ''}"
+
+
+def load_average() -> str:
+    """The 1-minute load average (the machine is shared: noise shows here), if known."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "?"
+
+
 def header(title: str, **settings: Any) -> None:
-    """Print what is being run, where and when."""
+    """Print what is being run, where and when, on which code."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"== {title}")
     print(
         f"   {now}; Python {platform.python_version()} ({platform.python_implementation()}); "
-        f"{os.cpu_count()} CPUs; {platform.system()} {platform.machine()}"
+        f"{os.cpu_count()} CPUs; {platform.system()} {platform.machine()}; "
+        f"load {load_average()}"
     )
+    print(f"   analytics_sprig: {code_version()}")
     if settings:
         print("   " + ", ".join(f"{key}={value}" for key, value in settings.items()))
 
@@ -113,12 +150,15 @@ def finish(passed: bool, strict: bool) -> None:
 
 # -- a fake Sprig (and Segment) server in a child process ----------------------------------
 
-# The child serves analytics_sprig.testing.FakeSprig and answers one command per stdin
-# line: "count" -> JSON {path: n}, "reset" -> "ok". Closing stdin stops it.
+# The child serves analytics_sprig.testing.FakeSprig (its keyword options as JSON in argv[2])
+# and answers one command per stdin line: "count" -> JSON {path: n}, "reset" -> "ok",
+# "throttled" -> n, "log" -> JSON [[time, status, path], ...] (time.monotonic() when each
+# request was read: one clock for all processes on Linux), "blackhole" -> "ok".
+# Closing stdin stops it.
 _SERVER_CODE = r"""
 import collections, json, sys
 from analytics_sprig.testing import FakeSprig
-sprig = FakeSprig(api_key=sys.argv[1]).start()
+sprig = FakeSprig(api_key=sys.argv[1], **json.loads(sys.argv[2])).start()
 print(sprig.url, flush=True)
 for line in sys.stdin:
     command = line.strip()
@@ -126,6 +166,13 @@ for line in sys.stdin:
         print(json.dumps(collections.Counter(r.path for r in sprig.requests)), flush=True)
     elif command == "reset":
         sprig.reset()
+        print("ok", flush=True)
+    elif command == "throttled":
+        print(sprig.throttled, flush=True)
+    elif command == "log":
+        print(json.dumps([[r.time, r.status, r.path] for r in sprig.requests]), flush=True)
+    elif command == "blackhole":
+        sprig.blackhole(True)
         print("ok", flush=True)
 sprig.stop()
 """
@@ -137,12 +184,15 @@ class ServerProcess:
     The server's CPU time is then not taken from the benchmarked process (on one GIL it
     would be, and would penalise whichever variant makes more requests), much as the real
     Sprig and Segment APIs run elsewhere. It answers ``/v2/users`` and Segment's
-    ``/v1/batch`` on 127.0.0.1.
+    ``/v1/batch`` on 127.0.0.1; ``latency``/``jitter`` (seconds) delay every answer, both
+    APIs alike, and ``rate_limit`` (requests/s, with ``rate_limit_burst`` and
+    ``rate_limit_retry_after``) is Sprig's token bucket (see ``FakeSprig``).
     """
 
-    def __init__(self, api_key: str = API_KEY) -> None:
+    def __init__(self, api_key: str = API_KEY, **options: Any) -> None:
+        self.options = {key: value for key, value in options.items() if value is not None}
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _SERVER_CODE, api_key],
+            [sys.executable, "-c", _SERVER_CODE, api_key, json.dumps(self.options)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -164,8 +214,21 @@ class ServerProcess:
         counts: Dict[str, int] = json.loads(self._ask("count"))
         return counts
 
+    def throttled(self) -> int:
+        """Requests the rate limit answered with 429 since the start or the last reset."""
+        return int(self._ask("throttled"))
+
+    def log(self) -> List[Tuple[float, int, str]]:
+        """``(time read, status, path)`` of every request, in arrival order."""
+        return [(float(t), int(status), str(path))
+                for t, status, path in json.loads(self._ask("log"))]
+
+    def blackhole(self) -> None:
+        """From now on, read requests and never answer them."""
+        self._ask("blackhole")
+
     def reset(self) -> None:
-        """Forget recorded requests and stored users."""
+        """Forget recorded requests and stored users (latency and rate limit stay)."""
         self._ask("reset")
 
     def close(self) -> None:
@@ -218,3 +281,129 @@ def describe(values: Sequence[float], unit: str = "", scale: float = 1.0) -> str
 def optional_int(value: Optional[int], default: int) -> int:
     """``value`` unless ``None``."""
     return default if value is None else value
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, int(-(-q * len(ordered) // 100)))  # ceil(q/100 * n), at least 1
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
+# -- a paced load through a real Client ----------------------------------------------------
+
+
+class PacedLoad:
+    """``users`` users each calling ``rate`` times a second for ``seconds``, paced.
+
+    Calls are spread evenly: user ``u``'s ``k``-th call is due at ``start + (k + u /
+    users) / rate``. ``producers`` threads share the users (user ``u`` belongs to thread ``u
+    % producers``), each making its calls when due (sleeping in between), through
+    ``call(user_id, k)``, which must return the call's messageId. ``called`` maps each
+    messageId to ``time.monotonic()`` just before its call; ``lags`` holds how late each
+    call started against its schedule (a producer starved of the GIL shows here).
+    """
+
+    def __init__(self, users: int, rate: float, seconds: float, producers: int = 1) -> None:
+        self.users = users
+        self.rate = rate
+        self.seconds = seconds
+        self.producers = max(1, producers)
+        self.called: Dict[str, float] = {}
+        self.lags: List[float] = []
+        self.started = 0.0
+        self.ended = 0.0
+
+    @property
+    def total(self) -> int:
+        """How many calls the load makes."""
+        return self.users * round(self.seconds * self.rate)
+
+    def run(self, call: Callable[[str, int], str]) -> None:
+        """Make every call (blocks until the last one returned)."""
+        per_user = round(self.seconds * self.rate)
+        start = time.monotonic() + 0.05
+        self.started = start
+        errors: List[BaseException] = []
+
+        def produce(index: int) -> None:
+            schedule = sorted(
+                ((k + u / self.users) / self.rate, u, k)
+                for u in range(index, self.users, self.producers)
+                for k in range(per_user)
+            )
+            called = self.called
+            lags = self.lags
+            clock = time.monotonic
+            try:
+                for offset, user, k in schedule:
+                    due = start + offset
+                    now = clock()
+                    if due > now:
+                        time.sleep(due - now)
+                        now = clock()
+                    lags.append(now - due)
+                    called[call(f"user-{user}", k)] = now
+            except BaseException as exc:  # reported by run()
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, args=(i,), name=f"producer-{i}")
+                   for i in range(self.producers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.ended = time.monotonic()
+        if errors:
+            raise errors[0]
+
+
+class DeliveryClock:
+    """When each message was delivered, by messageId (``time.monotonic()``).
+
+    For Sprig, pass :meth:`on_delivered` as the destination's ``on_delivered`` (called once
+    the answer arrived). For analytics-python, :meth:`watch_segment` wraps each consumer's
+    ``request`` so a batch's messages are stamped once its POST returned.
+    """
+
+    def __init__(self) -> None:
+        self.delivered: Dict[str, float] = {}
+
+    def on_delivered(self, messages: List[Dict[str, Any]]) -> None:
+        """``on_delivered`` callback of a :class:`~analytics_sprig.SprigDestination`."""
+        now = time.monotonic()
+        delivered = self.delivered
+        for message in messages:
+            delivered[message["messageId"]] = now
+
+    def watch_segment(self, client: Any) -> None:
+        """Stamp the messages of every batch a client's consumers send from now on."""
+        delivered = self.delivered
+        for consumer in client.consumers or ():
+            original = consumer.request
+
+            def request(batch: List[Dict[str, Any]], original: Any = original) -> Any:
+                result = original(batch)
+                now = time.monotonic()
+                for item in batch:
+                    delivered[item["messageId"]] = now
+                return result
+
+            consumer.request = request
+
+    def delays(self, called: Dict[str, float]) -> List[float]:
+        """Seconds from each call to its delivery (calls not delivered are left out)."""
+        delivered = self.delivered
+        return [delivered[m] - t for m, t in called.items() if m in delivered]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
+    """Poll ``predicate`` every ``step`` seconds until true or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
