@@ -497,8 +497,8 @@ class BatchWorker(Generic[P, B]):
             else:
                 self._work.notify()
             return
-        if self._senders >= self._throttle.concurrency:
-            return
+        if self._senders > self._in_flight or self._senders >= self._throttle.concurrency:
+            return  # a sender is between bodies (it looks next), or the limit is reached
         if self._senders:
             lanes = self._lanes
             if not (flushing and lanes.has_waiting()):
