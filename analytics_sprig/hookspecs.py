@@ -24,6 +24,15 @@ Lifecycle: with plugins attached, every lifecycle call through analytics-python 
 ``timeout`` given to the client's method is one deadline for Segment's own queue and the
 plugins together; without one, Segment's part is analytics-python's own and each plugin
 gets ``timeout=None``, meaning *its own default bound*.
+
+Destination timelines: a destination may run plugins of its own (``SprigDestination.
+add_plugin``). Their :func:`analytics_before`, :func:`analytics_enrich` and
+:func:`analytics_after` hooks are the same specifications, called with a *copy* of each call
+the destination routed to itself, on its background thread, before it maps the call: a
+``False`` from ``analytics_before`` drops the call for that destination only, a dict or an
+in-place change alters only what that destination sends, and ``analytics_after`` gets
+``success=True`` when the call was queued for it. :func:`analytics_destination` is refused
+there. Isolation and counting are the client pipeline's.
 """
 
 from __future__ import annotations
