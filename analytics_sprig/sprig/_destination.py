@@ -13,7 +13,7 @@ from ..batching._ledger import OnDelivered, OnError
 from ..batching._retry import RetryPolicy, retry_call
 from ..batching._worker import BatchWorker
 from ..hookspecs import hookimpl
-from ..pipeline._host import Pipeline, PluginKey
+from ..pipeline._pipeline import Pipeline, PluginKey
 from . import _options as options
 from ._api import DEFAULT_ENDPOINT, SprigClient, purge_chunks
 from ._mapping import (

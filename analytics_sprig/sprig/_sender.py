@@ -19,7 +19,7 @@ from .._errors import MessageDropped, SprigAuthError
 from ..batching._backend import Part, Plan, Reject, Skip
 from ..batching._lanes import Body
 from ..batching._ledger import DropReason
-from ..pipeline._host import Pipeline
+from ..pipeline._pipeline import Pipeline
 from ._api import SprigClient, SprigSession
 from ._mapping import Payload
 from ._planning import Ref, SprigPlanner, describe, ref_of
