@@ -1,7 +1,7 @@
 """The delivery engine: a bounded hand-off, one planner thread, a few sender threads.
 
-Data flows one way: the app's thread appends a message to the *inbox* (a deque, under a
-lock held for a few attribute updates: never I/O, never a wait); the *planner* thread asks
+Data flows one way: the app's thread appends a message to the *inbox* (a deque: no lock,
+no I/O, no wait); the *planner* thread asks
 the backend to route and map each message and merges it into its key's lane
 (:mod:`._lanes`); *sender* threads, started lazily up to the throttle's concurrency, take
 due lane heads and send them, parking retries and obeying the shared :class:`Throttle`.
@@ -122,7 +122,6 @@ class BatchWorker(Generic[P, B]):
         self._idle = 0
         self._in_flight = 0
         self._planner_asleep = False
-        self._overflowing = False
         self._flushing = 0
         self._closed = False
         self._aborted = False
@@ -137,12 +136,9 @@ class BatchWorker(Generic[P, B]):
         with self._lock:
             self._ledger.skip_received(reason)
 
-    def reject(self, plan: Reject) -> None:
-        """Count and report a message that failed before it could be handed off."""
-        self.account(plan)
-
     def account(self, plan: Plan[P]) -> None:
-        """Count a message planned elsewhere that sends nothing (skipped or rejected)."""
+        """Count a message planned elsewhere that sends nothing: skipped, or rejected before
+        it could be handed off (reported)."""
         with self._lock:
             self._ledger.received += 1
             self._ledger.pending += 1
@@ -421,7 +417,7 @@ class BatchWorker(Generic[P, B]):
         reports.append((Outcome.DROPPED, [plan.ref], error, DropReason.QUEUE_FULL))
 
     def _settle_plan(self, plan: Plan[P]) -> None:
-        """Account for a plan that sends nothing (sync mode)."""
+        """Account for a pending message whose plan sends nothing (skip or reject)."""
         reports: List[_Report] = []
         with self._lock:
             if isinstance(plan, Skip):

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextI
 
 from segment.analytics import Client
 
-from ..pipeline._host import install
+from ..pipeline import install
 from ..sprig._api import DEFAULT_ENDPOINT
 from ..sprig._destination import SprigDestination
 from ..sprig._planning import SprigPlanner

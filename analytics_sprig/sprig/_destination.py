@@ -194,7 +194,7 @@ class SprigDestination:
                 message = self._with_app_integrations(message)
             reason = skip_reason(message, self._types)
         except Exception as exc:  # a hostile value in the message: that message only
-            worker.reject(self._sender.rejected((message, client), exc))
+            worker.account(self._sender.rejected((message, client), exc))
             return
         if reason is not None:
             worker.skip(reason)
@@ -293,7 +293,7 @@ class SprigDestination:
         try:
             reason = skip_reason(message, self._types)
         except Exception as exc:
-            worker.reject(self._sender.rejected((message, None), exc))
+            worker.account(self._sender.rejected((message, None), exc))
             return
         if reason is not None:
             worker.skip(reason)
