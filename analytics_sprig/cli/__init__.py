@@ -7,6 +7,8 @@ Commands:
 - ``replay FILE``: forward Segment messages from a JSON-lines export to Sprig, through the
   destination's routing, mapping, coalescing and delivery (``--dry-run`` prints instead).
 - ``purge``: privacy deletion of visitors by user id or email.
+- ``spool status PATH`` / ``spool drain PATH``: what a destination's spool file holds, and
+  sending it now.
 - ``serve-fake``: run the local fake Sprig server in the foreground.
 
 Exit codes: 0 success; 1 something failed (messages failed or dropped, a purge request
@@ -31,7 +33,7 @@ from .._errors import ConfigurationError, SprigError
 from .._version import __version__
 from ..sprig._api import DEFAULT_ENDPOINT
 from ..testing import fake_server
-from . import _demo_cmd, _purge, _replay
+from . import _demo_cmd, _purge, _replay, _spool
 from ._common import (
     API_KEY_ENV,
     EXIT_FAILED,
@@ -49,7 +51,8 @@ from ._demo import print_report
 __all__ = ["main", "print_report"]
 
 # Each command lives in its own module: demo in _demo_cmd (report in _demo), replay in
-# _replay (input in _input, progress display in _progress), purge in _purge; serve-fake,
+# _replay (input in _input, progress display in _progress), purge in _purge, spool in
+# _spool; serve-fake,
 # the parser and main() are here; _common holds what they share.
 
 
@@ -171,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Tools for analytics-sprig: a demo, replaying Segment exports to Sprig, "
-                    "privacy purges, and a local fake Sprig server.",
+                    "privacy purges, a destination's spool, and a local fake Sprig server.",
         epilog="Exit codes: 0 ok, 1 something failed, 2 usage error, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -227,6 +230,38 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--delay-seconds", type=_non_negative_int, metavar="N",
                        help="delete after N seconds (default: Sprig's, 10 days)")
     purge.set_defaults(func=_purge.run)
+
+    spool = commands.add_parser(
+        "spool", help="show or send what a destination's spool file holds",
+        description="SprigDestination(spool=PATH) keeps what it could not deliver in a SQLite "
+                    "file. 'status' shows what it holds, 'drain' sends it now.",
+    )
+    spool_actions = spool.add_subparsers(dest="spool_action", metavar="ACTION")
+    spool.set_defaults(func=lambda args, parser=spool: _spool.run_no_action(parser),
+                       verbose=0)
+    status = spool_actions.add_parser(
+        "status", parents=[common], help="rows, bytes and age of what a spool holds",
+        description="Show what a spool file holds: rows (and the messages in them), stored "
+                    "bytes, rows claimed by a process sending them, the age of the oldest "
+                    "row. Reads the file without changing it; a missing file is not created.",
+    )
+    status.add_argument("path", metavar="PATH", help="the spool file")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=_spool.run_status)
+    drain = spool_actions.add_parser(
+        "drain", parents=[common, sprig], help="send what a spool holds now",
+        description="Send what a spool file holds to Sprig now, oldest first, through "
+                    "SprigDestination (the same claims, retries and per-user order as the "
+                    "app; other processes may use the file meanwhile), then print a summary. "
+                    "One GET /v2/users request checks the API key first.",
+    )
+    drain.add_argument("path", metavar="PATH", help="the spool file")
+    drain.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress display (it is off anyway when stderr is not a "
+                            "terminal)")
+    drain.add_argument("--max-requests-per-second", type=_positive_float, metavar="R",
+                       help="pace requests to Sprig (default: no pacing)")
+    drain.set_defaults(func=_spool.run_drain)
 
     serve = commands.add_parser(
         "serve-fake", parents=[common], help="run the local fake Sprig server",
