@@ -44,7 +44,13 @@ class SprigAPIError(SprigError):
 
 
 class SprigAuthError(SprigAPIError):
-    """401/403: the API key is wrong, revoked, or belongs to another Sprig environment."""
+    """401/403: the API key is wrong, revoked, or belongs to another Sprig environment.
+
+    ``deferrable``: the messages are not at fault, this process's key is; rows taken from
+    a spool are put back rather than lost.
+    """
+
+    deferrable = True
 
 
 class SprigNetworkError(SprigError):

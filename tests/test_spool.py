@@ -29,7 +29,7 @@ import pytest
 from segment.analytics import Client
 
 from analytics_sprig import MessageDropped, SprigDestination, cli
-from analytics_sprig.batching import _spool, _worker
+from analytics_sprig.batching import _spool, _spooling
 from analytics_sprig.batching._spool import Spool, SpoolRow
 from analytics_sprig.cli import _spool as spool_cli
 from analytics_sprig.testing import FakeSprig
@@ -235,8 +235,7 @@ def test_an_outage_longer_than_the_retry_budget_ends_with_everything_delivered(
         destination.send(track(i, 30))
     assert wait_until(lambda: destination.stats()["pending"] == 0, 5), destination.stats()
     fake_sprig.start()
-    # A probe row finds Sprig back (within PROBE_INTERVAL); a flush then sends the rest
-    # now (left alone the engine takes another PROBE_INTERVAL: see the xfail test below).
+    # A probe row finds Sprig back (within PROBE_INTERVAL); the rest follows at once.
     assert fake_sprig.wait_for(lambda s: len(stored_events(s)) > 0, 8), destination.stats()
     assert destination.flush(5)
     events = stored_events(fake_sprig)
@@ -250,15 +249,13 @@ def test_an_outage_longer_than_the_retry_budget_ends_with_everything_delivered(
     for user, visitor in fake_sprig.users.items():
         logged = [entry["event"] for entry in visitor["eventLog"]]
         assert logged == sorted(logged), user
-    # Delivered rows leave the file just after flush() returns (see the xfail test below).
-    assert wait_until(lambda: spool_rows(tmp_path / "spool.db") == 0, 2)
+    # Delivered rows have left the file when flush() returns.
+    assert spool_rows(tmp_path / "spool.db") == 0
 
 
-# -- engine behaviour that differs from issue 14 (reproductions; xfail until fixed) ----------
+# -- engine behaviour found by these tests (kept as regression tests) -------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="engine: after a successful probe the other rows wait "
-                   "for the probe's PROBE_INTERVAL (5 s), not POLL_INTERVAL (1 s)")
 def test_after_a_successful_probe_the_rest_is_claimed_within_a_poll_interval(
     fake_sprig: FakeSprig, make_destination: Callable[..., SprigDestination], tmp_path: Path
 ) -> None:
@@ -271,12 +268,9 @@ def test_after_a_successful_probe_the_rest_is_claimed_within_a_poll_interval(
     assert fake_sprig.wait_for(lambda s: len(stored_events(s)) > 0, 8)
     probed = time.monotonic()
     assert fake_sprig.wait_for(lambda s: len(stored_events(s)) == 40, 4)
-    assert time.monotonic() - probed < _worker.POLL_INTERVAL + 1.0
+    assert time.monotonic() - probed < _spooling.POLL_INTERVAL + 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="engine: flush() returns True once delivered rows are "
-                   "counted, before they are deleted from the file; a process that ends right "
-                   "then (os._exit, a kill) leaves them to be sent again")
 def test_flush_returns_once_delivered_rows_are_gone_from_the_file(
     fake_sprig: FakeSprig, make_destination: Callable[..., SprigDestination], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -296,9 +290,6 @@ def test_flush_returns_once_delivered_rows_are_gone_from_the_file(
     assert spool_rows(path) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="engine: rows whose send fails with 401/403 are deleted "
-                   "from the spool (failed), so a process started with a wrong or revoked key "
-                   "empties the spool")
 def test_spooled_rows_survive_a_process_whose_key_sprig_rejects(
     fake_sprig: FakeSprig, make_destination: Callable[..., SprigDestination], tmp_path: Path
 ) -> None:
@@ -308,26 +299,21 @@ def test_spooled_rows_survive_a_process_whose_key_sprig_rejects(
     destination.flush(3)
     destination.shutdown(2)
     assert destination.stats()["auth_errors"] > 0
-    assert spool_rows(path) == 4  # today: 0, all 8 messages counted failed
+    assert spool_rows(path) == 4  # put back, not deleted: the key was wrong, not the rows
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a healthy process that found the spool empty "
-                   "never looks again, so rows other processes spool later wait for the next "
-                   "process start (issue 14: 'periodically while healthy')")
 def test_rows_spooled_by_another_process_are_sent_by_a_healthy_one(
-    fake_sprig: FakeSprig, make_destination: Callable[..., SprigDestination], tmp_path: Path
+    fake_sprig: FakeSprig, make_destination: Callable[..., SprigDestination], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(_spooling, "RECHECK_INTERVAL", 1.0)  # 60 s in production
     path = tmp_path / "spool.db"
     destination = make_destination(spool=str(path))
     assert destination.flush(2)  # the start-up look: nothing there
     make_spool(path, SAMPLE_ROWS)  # e.g. a gunicorn worker that shut down during an outage
-    assert fake_sprig.wait_for(lambda s: len(stored_events(s)) == 8,
-                               3 * _worker.POLL_INTERVAL + 1)
+    assert fake_sprig.wait_for(lambda s: len(stored_events(s)) == 8, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: while another live process holds a row of a "
-                   "user, flush() re-claims in a loop (thousands of BEGIN IMMEDIATE per second) "
-                   "until its timeout")
 def test_flush_does_not_spin_on_rows_another_process_holds(
     fake_sprig: FakeSprig, make_destination: Callable[..., SprigDestination], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -574,7 +560,7 @@ def test_a_healthy_destination_with_a_spool_never_touches_the_file(
 
 FORK = r'''
 import json, os, sys, time
-from analytics_sprig.batching import _spool, _worker
+from analytics_sprig.batching import _spool, _spooling, _worker
 _worker.PROBE_INTERVAL = 0.3  # Sprig comes back quickly in this test
 from analytics_sprig import SprigDestination
 url, path, marks = sys.argv[1:4]

@@ -6,9 +6,10 @@ error, and calls that would be dropped at the memory bound. Per-key order is kep
 key has rows in the spool, its later calls go there too (behind them), until its rows are
 claimed back into memory, oldest first.
 
-The disk is touched only from background threads and at shutdown, and only when there is
-something to spool or rows are known (or, at start, suspected) to wait in the file: a
-healthy process with room in its buffer and an empty spool never reads or writes it.
+The disk is touched only from background threads and at shutdown. While rows are known
+to wait, they are claimed every second (only a probe row every 5 s during an outage);
+otherwise a healthy process looks for rows other processes left once a minute (one read
+transaction) and never writes unless it has something to keep.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ._spool import ClaimedRow, Spool, SpoolRow
 
 #: While rows wait in the spool and the destination is healthy, claim some this often.
 POLL_INTERVAL = 1.0
+#: A healthy process with an empty spool looks for rows other processes left this often.
+RECHECK_INTERVAL = 60.0
 #: While the destination fails, one spooled row probes it this often.
 PROBE_INTERVAL = 5.0
 #: At most this many rows are claimed at once.
@@ -40,7 +43,10 @@ class SpoolGate:
         self.keys: Set[str] = set()
         #: Rows may wait in the file (unknown at start: look once).
         self.has_rows = True
+        #: Rows wait, but the last claim got none (another process holds their keys).
+        self.stalled = False
         self.next_poll = 0.0
+        self.next_check = 0.0
 
     @property
     def usable(self) -> bool:
@@ -49,7 +55,23 @@ class SpoolGate:
 
     def due(self, now: float, flushing: bool) -> bool:
         """Whether the planner should claim rows now (the caller checks health and room)."""
-        return self.has_rows and self.usable and (flushing or now >= self.next_poll)
+        if not self.usable:
+            return False
+        if not self.has_rows:
+            return now >= self.next_check
+        return now >= self.next_poll or (flushing and not self.stalled)
+
+    def claimed(self, now: float, got: int, waiting: Set[str]) -> None:
+        """Note what a claim found."""
+        self.keys = waiting
+        self.has_rows = bool(got) or bool(waiting)
+        self.stalled = not got and bool(waiting)
+        self.next_poll = max(self.next_poll, now + POLL_INTERVAL)
+        self.next_check = now + RECHECK_INTERVAL
+
+    def next_wake(self) -> float:
+        """When the planner should next consider claiming."""
+        return self.next_poll if self.has_rows else self.next_check
 
     # -- disk (never under the engine's lock) ---------------------------------------------
 

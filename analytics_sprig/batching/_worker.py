@@ -30,7 +30,7 @@ from ._ledger import DropReason, Ledger, OnDelivered, OnError, Outcome
 from ._limits import Throttle
 from ._retry import RetryPolicy, RetryState, next_delay
 from ._spool import Spool
-from ._spooling import POLL_INTERVAL, PROBE_INTERVAL, SpoolGate
+from ._spooling import PROBE_INTERVAL, SpoolGate
 
 logger = logging.getLogger("analytics_sprig")
 
@@ -43,6 +43,8 @@ PLAN_INTERVAL = 0.05
 #: The planner places at most this many messages per hold of the lock (app threads wait
 #: for it meanwhile).
 PLACE_CHUNK = 64
+#: The planner's shortest sleep while it keeps time for busy senders (no busy loop).
+SENDER_TIMER_MIN = 0.01
 #: A spare sender thread with no work for this long exits (the last one stays).
 IDLE_EXIT = 10.0
 #: A lane head waits at most this many ``linger`` periods after its first message.
@@ -288,9 +290,9 @@ class BatchWorker(Generic[P, B]):
                     self._planner_asleep = True
                     if self._inbox:
                         break  # appended before the app could see the flag: no wake-up
-                    gate = self._gate
-                    self._arrivals.wait(POLL_INTERVAL if gate is not None and gate.has_rows
-                                        else None)
+                    self._arrivals.wait(self._planner_timeout())
+                    self._planner_asleep = False
+                    self._wake_senders(time.monotonic(), self._flushing_now())
                     claim = self._claim_limit()
                 self._planner_asleep = False
                 if self._aborted:
@@ -306,6 +308,30 @@ class BatchWorker(Generic[P, B]):
                     self._plan_and_place(items, epoch)
             except Exception:  # a bug must not stop delivery for the process's life
                 logger.exception("analytics_sprig planner error")
+            finally:
+                with self._lock:
+                    if self._epoch == epoch:
+                        self._planning = []  # whole messages: not kept a moment longer
+                        self._placed = 0
+                del items
+
+    def _planner_timeout(self) -> Optional[float]:
+        """How long the planner may sleep (the caller holds the lock).
+
+        It also keeps time for the senders: a body that becomes due while every sender is
+        in flight would otherwise wait for one of them to come back; at that moment the
+        planner starts another sender (up to the concurrency).
+        """
+        timeouts: List[float] = []
+        gate = self._gate
+        now = time.monotonic()
+        if gate is not None and gate.usable and not self._closed:
+            timeouts.append(max(SENDER_TIMER_MIN, gate.next_wake() - now))
+        if not self._idle and self._senders < self._throttle.concurrency:
+            due = self._lanes.next_time()
+            if due is not None:
+                timeouts.append(max(SENDER_TIMER_MIN, due - now))
+        return min(timeouts) if timeouts else None
 
     def _claim_limit(self) -> int:
         """How many spooled rows to claim back now (the caller holds the lock).
@@ -334,9 +360,7 @@ class BatchWorker(Generic[P, B]):
         rows, waiting = gate.claim(limit)
         with self._lock:
             now = time.monotonic()
-            gate.next_poll = max(gate.next_poll, now + POLL_INTERVAL)
-            gate.keys = waiting
-            gate.has_rows = bool(rows) or bool(waiting)
+            gate.claimed(now, len(rows), waiting)
             count = 0
             for row in rows:
                 refs = [tuple(ref) if isinstance(ref, list) else ref for ref in row.refs]
@@ -500,6 +524,8 @@ class BatchWorker(Generic[P, B]):
             if not (flushing and lanes.has_waiting()):
                 due = lanes.next_time()
                 if due is None or due > now:
+                    if due is not None and self._planner_asleep:
+                        self._arrivals.notify()  # every sender is busy: the planner keeps time
                     return
         self._spawn_sender()
 
@@ -542,7 +568,17 @@ class BatchWorker(Generic[P, B]):
     def _attempt(self, body: Body[B], session: Session) -> None:
         error = self._attempt_once(body, session)
         now = time.monotonic()
+        # This thread owns the body while it is in flight: decide before taking the lock.
+        step = None if error is None else next_delay(error, self._retry, body.retry)
+        gate = self._gate
+        keep = (error is not None and step is None and gate is not None and gate.usable
+                and (getattr(error, "retryable", False)
+                     # a rejected key is this process's problem, not the rows': keep them
+                     or (bool(body.spool_ids) and getattr(error, "deferrable", False))))
+        if step is None and not keep and body.spool_ids and gate is not None:
+            gate.done(body.spool_ids)  # before it counts as settled: flush() waits for it
         report: Optional[_Report] = None
+        spool: List[Body[B]] = []
         with self._lock:
             self._in_flight -= 1
             self._work.notify()  # a slot is free: a waiting sender may go
@@ -550,40 +586,35 @@ class BatchWorker(Generic[P, B]):
                 return  # counted at a shutdown deadline while this attempt ran
             ledger = self._ledger
             throttle = self._throttle
-            spool: List[Body[B]] = []
             if error is None:
                 throttle.succeeded(now)
-                outcome = Outcome.DELIVERED
                 if not self._healthy:
                     self._healthy = True
-                    self._arrivals.notify()  # spooled rows may be sent again
+                    if gate is not None:
+                        gate.next_poll = 0.0  # the outage is over: claim back at once
+                    self._arrivals.notify()
+            elif getattr(error, "retryable", False) or getattr(error, "deferrable", False):
+                self._healthy = False  # no more rows out of the spool until one succeeds
+            if step is not None:
+                delay, server_pause = step
+                ledger.retries += 1
+                if server_pause:
+                    throttle.pause(now, delay)
+                elif getattr(error, "throttled", False):
+                    throttle.throttled(now, body.started)
+                self._lanes.park(body, now + delay)
+                logger.debug("%s request failed (%s); retrying in %.2fs",
+                             self._backend.name, error, delay)
+                return
+            if keep and gate is not None:
+                # Kept for later, with the bodies of its key behind it (they must not
+                # overtake it).
+                spool = [body, *self._lanes.take_lane(body.key, body)]
+                self._lanes.finish(body)
+                gate.keys.add(body.key)
+                gate.has_rows = True
             else:
-                if getattr(error, "retryable", False):
-                    self._healthy = False
-                step = next_delay(error, self._retry, body.retry)
-                if step is not None:
-                    delay, server_pause = step
-                    ledger.retries += 1
-                    if server_pause:
-                        throttle.pause(now, delay)
-                    elif getattr(error, "throttled", False):
-                        throttle.throttled(now, body.started)
-                    self._lanes.park(body, now + delay)
-                    logger.debug("%s request failed (%s); retrying in %.2fs",
-                                 self._backend.name, error, delay)
-                    return
-                gate = self._gate
-                if gate is not None and gate.usable and getattr(error, "retryable", False):
-                    # The budget ran out on an error that may pass: keep the body, and the
-                    # ones of its key behind it (they must not overtake it), for later.
-                    spool = [body, *self._lanes.take_lane(body.key, body)]
-                    self._lanes.finish(body)
-                    gate.keys.add(body.key)
-                    gate.has_rows = True
-                else:
-                    spool = []
-                    outcome = Outcome.FAILED
-            if not spool:
+                outcome = Outcome.DELIVERED if error is None else Outcome.FAILED
                 self._lanes.finish(body)
                 ledger.settle(outcome, len(body.refs))
                 if ledger.wants_report(outcome):
@@ -591,11 +622,8 @@ class BatchWorker(Generic[P, B]):
                     report = (outcome, body.refs, error, None)
         if spool:
             self._store(spool)
-            return
-        if report is not None:
+        elif report is not None:
             self._ledger.report(*report)
-        if body.spool_ids and self._gate is not None:
-            self._gate.done(body.spool_ids)
 
     def _store(self, bodies: List[Body[B]]) -> None:
         """Keep ``bodies`` (pending) in the spool and account for it (not under the lock)."""
@@ -672,8 +700,8 @@ class BatchWorker(Generic[P, B]):
         """Whether a flush should wait for rows in the spool: they are sent too, while the
         destination answers (the caller holds the lock)."""
         gate = self._gate
-        return (gate is not None and gate.has_rows and gate.usable and self._healthy
-                and not self._aborted and not self._closed)
+        return (gate is not None and gate.has_rows and not gate.stalled and gate.usable
+                and self._healthy and not self._aborted and not self._closed)
 
     def _drain_inline(self, deadline: Optional[float]) -> None:
         """No thread can start (interpreter exit): plan and send from this thread."""
