@@ -6,6 +6,7 @@ import ipaddress
 import json
 import platform
 import re
+import ssl
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import quote
@@ -15,7 +16,7 @@ import httpx
 from .._errors import ConfigurationError, SprigAPIError, SprigAuthError, SprigNetworkError
 from .._version import __version__
 from ._http import is_retryable_status, parse_retry_after
-from ._transport import Answer, BoundedTransport, redact
+from ._transport import Answer, BoundedTransport, redact, tls_context
 
 DEFAULT_ENDPOINT = "https://api.sprig.com"
 #: Sprig accepts at most this many visitors per purge request.
@@ -153,9 +154,25 @@ class SprigClient:
         self._users_url = httpx.URL(self.endpoint + "/v2/users")  # parsed once: the hot path
         self._http: Optional[BoundedTransport] = None
         self._lock = threading.Lock()
+        self._context: Optional[ssl.SSLContext] = None
+        # TLS contexts of closed sessions, for the next ones: building one (certifi's
+        # bundle) costs ~25 ms of CPU and ~0.6 MB, and senders come and go under load.
+        # A context is used by one transport at a time (httpcore sets ALPN on it).
+        self._contexts: List[ssl.SSLContext] = []
+        self._contexts_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SprigClient(endpoint={self.endpoint!r}, api_key='***')"
+
+    def _take_context(self) -> ssl.SSLContext:
+        with self._contexts_lock:
+            if self._contexts:
+                return self._contexts.pop()
+        return tls_context()
+
+    def _give_context(self, context: ssl.SSLContext) -> None:
+        with self._contexts_lock:
+            self._contexts.append(context)
 
     def _client(self) -> BoundedTransport:
         http = self._http
@@ -165,8 +182,10 @@ class SprigClient:
                 if http is None:
                     # No redirects, no environment (proxy, CA, key log), one connection,
                     # ``timeout`` bounding each whole attempt: see _transport.
+                    self._context = self._take_context()
                     http = self._http = BoundedTransport(deadline=self.timeout,
-                                                         proxy=self._proxy)
+                                                         proxy=self._proxy,
+                                                         context=self._context)
         return http
 
     def request(self, method: str, path: str, body: Optional[Mapping[str, Any]] = None) -> Any:
@@ -278,13 +297,19 @@ class SprigClient:
     def forget_connections(self) -> None:
         """Drop the connection pool without closing it (after ``fork()``: it is the parent's)."""
         self._http = None
+        self._context = None
         self._lock = threading.Lock()
+        self._contexts = []
+        self._contexts_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the connection pool."""
         http, self._http = self._http, None
+        context, self._context = self._context, None
         if http is not None:
             http.close()
+        if context is not None:
+            self._give_context(context)
 
 
 class SprigSession(SprigClient):
@@ -298,7 +323,15 @@ class SprigSession(SprigClient):
         # The client's validated configuration, not a second validation of the key.
         self.__dict__.update(client.__dict__)
         self._http = None
+        self._context = None
         self._lock = threading.Lock()
+        self._owner = client  # keeps the TLS contexts sessions hand on to each other
+
+    def _take_context(self) -> ssl.SSLContext:
+        return self._owner._take_context()
+
+    def _give_context(self, context: ssl.SSLContext) -> None:
+        self._owner._give_context(context)
 
     def __repr__(self) -> str:
         return f"SprigSession(endpoint={self.endpoint!r}, api_key='***')"

@@ -221,10 +221,13 @@ class BoundedTransport(httpx.HTTPTransport):
     ``deadline`` seconds and reads the answer with :func:`read_bounded`.
     """
 
-    def __init__(self, *, deadline: float, proxy: Optional[str] = None) -> None:
-        # A context per transport, not one per process: httpcore sets ALPN on the context at
-        # each connect, which is not safe while another thread's handshake reads it.
-        context = tls_context()
+    def __init__(self, *, deadline: float, proxy: Optional[str] = None,
+                 context: Optional[ssl.SSLContext] = None) -> None:
+        # A context per live transport, not one per process: httpcore sets ALPN on the
+        # context at each connect, which is not safe while another thread's handshake reads
+        # it. ``context`` may be one a closed transport used (the client keeps them).
+        if context is None:
+            context = tls_context()
         proxy_config: Optional[httpx.Proxy] = None
         if proxy is not None:
             proxy_config = httpx.Proxy(proxy)
