@@ -18,8 +18,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from collections import deque
-from typing import Any, Deque, Dict, Generic, Iterator, List, Optional, Protocol, Tuple, TypeVar
+from typing import Any, Dict, Generic, Iterator, List, Optional, Protocol, Tuple, TypeVar
 
 from ._retry import RetryState
 
@@ -78,7 +77,7 @@ class Body(Generic[B]):
         self.sealed = False  # built elsewhere (spool, replay): takes no more parts
         self.started = 0.0  # when the current attempt began
         self.not_before = 0.0
-        self.retry = RetryState()
+        self.retry: Optional[RetryState] = None  # made at the first failure
         self.spool_ids: List[int] = []
         self.written_off = False  # counted as dropped/spooled while an attempt was running
 
@@ -98,7 +97,9 @@ class Lanes(Generic[P, B]):
         self.max_bodies = max_bodies
         self._linger = linger
         self._max_linger = max_linger
-        self._lanes: Dict[str, Deque[Body[B]]] = {}
+        # A list per key, not a deque: lanes hold one or two bodies, and an empty deque
+        # alone costs ~600 bytes per waiting user.
+        self._lanes: Dict[str, List[Body[B]]] = {}
         self._waiting: List[_Entry] = []  # lane heads never sent, by due time
         self._parked: List[_Entry] = []  # bodies between retries, by end of backoff
         self._seq = itertools.count()
@@ -162,7 +163,7 @@ class Lanes(Generic[P, B]):
         body.sealed = sealed
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = deque()
+            lane = self._lanes[key] = []
         lane.append(body)
         self.bodies += 1
         self.messages += len(refs)
@@ -239,7 +240,7 @@ class Lanes(Generic[P, B]):
         lane = self._lanes.get(body.key)
         if not lane or lane[0] is not body:
             return False
-        lane.popleft()
+        del lane[0]
         self.bodies -= 1
         self.messages -= len(body.refs)
         if not lane:

@@ -45,13 +45,15 @@ class RetryPolicy:
         return ceiling / 2 + draw * ceiling / 2
 
 
-@dataclass
 class RetryState:
     """What one request has used of its retry budget so far."""
 
-    retries: int = 0
-    pauses: int = 0
-    waited: float = 0.0
+    __slots__ = ("pauses", "retries", "waited")
+
+    def __init__(self, retries: int = 0, pauses: int = 0, waited: float = 0.0) -> None:
+        self.retries = retries
+        self.pauses = pauses
+        self.waited = waited
 
 
 def next_delay(

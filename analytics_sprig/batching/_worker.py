@@ -569,7 +569,11 @@ class BatchWorker(Generic[P, B]):
         error = self._attempt_once(body, session)
         now = time.monotonic()
         # This thread owns the body while it is in flight: decide before taking the lock.
-        step = None if error is None else next_delay(error, self._retry, body.retry)
+        step = None
+        if error is not None:
+            if body.retry is None:
+                body.retry = RetryState()
+            step = next_delay(error, self._retry, body.retry)
         gate = self._gate
         keep = (error is not None and step is None and gate is not None and gate.usable
                 and (getattr(error, "retryable", False)
