@@ -41,8 +41,11 @@ B = TypeVar("B")
 #: being woken for each one (waking costs the app's thread ~0.5 µs per call).
 PLAN_INTERVAL = 0.05
 #: The planner places at most this many messages per hold of the lock (app threads wait
-#: for it meanwhile).
+#: for it meanwhile), and reports what it dropped or rejected after each such chunk.
 PLACE_CHUNK = 64
+#: The app's thread wakes a napping planner when this many messages wait: whole Segment
+#: messages cost memory (a 900-trait identify is ~190 KB) until it maps them.
+INBOX_WAKE = 256
 #: The planner's shortest sleep while it keeps time for busy senders (no busy loop).
 SENDER_TIMER_MIN = 0.01
 #: A spare sender thread with no work for this long exits (the last one stays).
@@ -117,6 +120,9 @@ class BatchWorker(Generic[P, B]):
             max_linger=self._linger * MAX_LINGER_FACTOR,
         )
         self._pressure = max(1, self._max_queue_size // 2)
+        # A burst from a tight loop outruns the planner (it gets the GIL every 5 ms): as many
+        # whole messages as bodies may wait for it, briefly.
+        self._inbox_max = self._max_queue_size
         self._throttle = Throttle(self._max_concurrency, self._max_rps)
         self._planner: Optional[threading.Thread] = None
         self._threads: List[threading.Thread] = []
@@ -154,20 +160,20 @@ class BatchWorker(Generic[P, B]):
         planner moves items out of it and into the counters under that same lock).
         """
         inbox = self._inbox
-        if len(inbox) >= self._max_queue_size or self._closed:
+        waiting = len(inbox)
+        if waiting >= self._inbox_max or self._closed:
             self._drop_at_put(item)
             return
         inbox.append(item)
-        if self._planner_asleep or self._planner is None:
+        if self._planner_asleep or self._planner is None or waiting == INBOX_WAKE:
             self._wake_planner()
         if self._closed:  # shut down meanwhile: this item must not wait forever
             self._sweep_inbox()
 
     def _wake_planner(self) -> None:
         with self._lock:
-            if self._planner_asleep:
-                self._planner_asleep = False
-                self._arrivals.notify()
+            self._planner_asleep = False
+            self._arrivals.notify()
             start = self._planner is None
         if start:
             self._start()
@@ -394,6 +400,9 @@ class BatchWorker(Generic[P, B]):
                 if spooled:
                     self._store(plan_bodies(self._backend.merger,
                                             [(p.key, p.part, p.ref) for p in spooled]))
+                done, reports[:] = list(reports), []
+                for report in done:
+                    self._ledger.report(*report)
         finally:
             for report in reports:
                 self._ledger.report(*report)

@@ -50,8 +50,9 @@ class SprigDestination:
       references: dicts with ``messageId``, ``type``, ``userId`` and ``event`` (when the
       call has one), not the whole Segment message.
     - ``max_queue_size`` (10000): waiting request bodies (one per user per pending
-      request, in flight included; calls that merge into a waiting body take no slot),
-      and messages waiting to be planned; beyond it new calls are dropped.
+      request, in flight included; calls that merge into a waiting body take no slot);
+      beyond it new calls are dropped. As many whole messages may wait a few milliseconds
+      to be mapped (a burst outruns the background thread).
     - ``flush_interval`` (0.5 s): a user's body is sent once no call for them arrived for
       this long (at most 10x this after their first), so busy users' calls coalesce.
     - ``max_concurrency`` (32): requests in flight at most (senders start lazily; a quiet
