@@ -127,6 +127,7 @@ class BatchWorker(Generic[P, B]):
         self._planner: Optional[threading.Thread] = None
         self._threads: List[threading.Thread] = []
         self._senders = 0
+        self._to_start = 0  # senders counted in, not started yet
         self._idle = 0
         self._in_flight = 0
         self._planner_asleep = False
@@ -218,6 +219,7 @@ class BatchWorker(Generic[P, B]):
                 self._ledger.pending += len(refs)
                 self._lanes.add_body(key, payload, refs, now)
             self._wake_senders(now, self._flushing_now())
+        self._start_senders()
         self._start()
 
     def deliver_now(self, item: Any) -> None:
@@ -299,6 +301,8 @@ class BatchWorker(Generic[P, B]):
                     self._arrivals.wait(self._planner_timeout())
                     self._planner_asleep = False
                     self._wake_senders(time.monotonic(), self._flushing_now())
+                    if self._to_start:
+                        break
                     claim = self._claim_limit()
                 self._planner_asleep = False
                 if self._aborted:
@@ -308,6 +312,7 @@ class BatchWorker(Generic[P, B]):
                 self._placed = 0
                 epoch = self._epoch
             try:
+                self._start_senders()
                 if claim:
                     self._unspool(claim)
                 if items:
@@ -376,6 +381,7 @@ class BatchWorker(Generic[P, B]):
             self._ledger.pending += count
             if rows:
                 self._wake_senders(now, True)
+        self._start_senders()
 
     def _plan(self, item: Any) -> Plan[P]:
         try:
@@ -397,6 +403,7 @@ class BatchWorker(Generic[P, B]):
                     self._placed += len(chunk)
                     self._planned += len(chunk)
                     self._place(plans, reports, spooled)
+                self._start_senders()
                 if spooled:
                     self._store(plan_bodies(self._backend.merger,
                                             [(p.key, p.part, p.ref) for p in spooled]))
@@ -465,18 +472,36 @@ class BatchWorker(Generic[P, B]):
     # -- sender threads -------------------------------------------------------------------
 
     def _spawn_sender(self) -> None:
-        """Start one more sender (the caller holds the lock)."""
+        """Count one more sender in; :meth:`_start_senders` starts it once the caller has
+        released the lock (the caller holds it)."""
         if self._aborted:
             return
-        thread = threading.Thread(target=self._send_loop, name="analytics-sprig-sender",
-                                  daemon=True)
         self._senders += 1
-        try:
-            thread.start()
-        except RuntimeError:  # interpreter shutting down
-            self._senders -= 1
-            return
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        self._to_start += 1
+
+    def _start_senders(self) -> None:
+        """Start the senders counted in (never under the lock: ``Thread.start()`` waits for
+        the new thread to run, which under GIL contention takes a while, and a planner or
+        sender stuck holding the lock meanwhile would stall the whole engine)."""
+        while True:
+            with self._lock:
+                if not self._to_start:
+                    return
+                self._to_start -= 1
+                if self._aborted:
+                    self._senders -= 1
+                    continue
+            thread = threading.Thread(target=self._send_loop, name="analytics-sprig-sender",
+                                      daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutting down
+                with self._lock:
+                    self._senders -= 1 + self._to_start
+                    self._to_start = 0
+                return
+            with self._lock:
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
     def _flushing_now(self) -> bool:
         """Whether every lane head is due now: a flush (once what arrived before it is
@@ -545,6 +570,7 @@ class BatchWorker(Generic[P, B]):
                 body = self._next_body()
                 if body is None:
                     return
+                self._start_senders()  # the ones taking this body may have asked for
                 if session is None:
                     session = self._backend.open_session()
                 self._attempt(body, session)
@@ -692,6 +718,7 @@ class BatchWorker(Generic[P, B]):
             if self._lanes.bodies and not self._aborted:
                 self._wake_senders(time.monotonic(), self._flushing_now())
             needs_start = self._planner is None and not self._aborted
+        self._start_senders()
         try:
             if needs_start and not self._start():
                 self._drain_inline(deadline)
