@@ -43,9 +43,6 @@ PLAN_INTERVAL = 0.05
 #: The planner places at most this many messages per hold of the lock (app threads wait
 #: for it meanwhile), and reports what it dropped or rejected after each such chunk.
 PLACE_CHUNK = 64
-#: The app's thread wakes a napping planner when this many messages wait: whole Segment
-#: messages cost memory (a 900-trait identify is ~190 KB) until it maps them.
-INBOX_WAKE = 256
 #: The planner's shortest sleep while it keeps time for busy senders (no busy loop).
 SENDER_TIMER_MIN = 0.01
 #: A spare sender thread with no work for this long exits (the last one stays).
@@ -161,20 +158,20 @@ class BatchWorker(Generic[P, B]):
         planner moves items out of it and into the counters under that same lock).
         """
         inbox = self._inbox
-        waiting = len(inbox)
-        if waiting >= self._inbox_max or self._closed:
+        if len(inbox) >= self._inbox_max or self._closed:
             self._drop_at_put(item)
             return
         inbox.append(item)
-        if self._planner_asleep or self._planner is None or waiting == INBOX_WAKE:
+        if self._planner_asleep or self._planner is None:
             self._wake_planner()
         if self._closed:  # shut down meanwhile: this item must not wait forever
             self._sweep_inbox()
 
     def _wake_planner(self) -> None:
         with self._lock:
-            self._planner_asleep = False
-            self._arrivals.notify()
+            if self._planner_asleep:
+                self._planner_asleep = False
+                self._arrivals.notify()
             start = self._planner is None
         if start:
             self._start()
@@ -443,7 +440,9 @@ class BatchWorker(Generic[P, B]):
                 reports.append((Outcome.FAILED, [plan.ref], plan.error, plan.reason))
         flushing = self._flushing_now()
         if started or flushing:
-            self._wake_senders(now, flushing)
+            # The planner starts a sender only when there is none: starting one waits for it
+            # to run, and the planner must keep up with the app. Senders start the others.
+            self._wake_senders(now, flushing, spawn=not self._senders)
 
     def _overflow(self, plan: Part[P], reports: List[_Report]) -> None:
         """A message needs a body beyond ``max_queue_size``: drop it (caller holds lock)."""
@@ -539,7 +538,7 @@ class BatchWorker(Generic[P, B]):
             self._senders -= 1
             return None
 
-    def _wake_senders(self, now: float, flushing: bool) -> None:
+    def _wake_senders(self, now: float, flushing: bool, spawn: bool = True) -> None:
         """Work may be ready: wake an idle sender, or start one more (caller holds lock).
 
         A sender that takes a body calls this again, so senders chain up quickly to the
@@ -551,7 +550,8 @@ class BatchWorker(Generic[P, B]):
             else:
                 self._work.notify()
             return
-        if self._senders > self._in_flight or self._senders >= self._throttle.concurrency:
+        if (self._senders > self._in_flight or self._senders >= self._throttle.concurrency
+                or not spawn):
             return  # a sender is between bodies (it looks next), or the limit is reached
         if self._senders:
             lanes = self._lanes
