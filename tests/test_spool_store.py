@@ -439,6 +439,11 @@ def _drain_worker(target: str, barrier: Any, out: str) -> None:
             continue
         claimed.extend(r.id for r in rows)
         spool.delete([r.id for r in rows])
+        # Between claims, leave the file's lock to the other process for a moment: SQLite's
+        # busy handler is not fair, and on a loaded machine one process could otherwise
+        # take every row before the other got a turn (still correct, but then the test
+        # would not show two claimants racing).
+        time.sleep(0.002)
     with open(out, "w", encoding="utf-8") as handle:
         json.dump({"ids": claimed, "usable": spool.usable, "reclaimed": spool.reclaimed}, handle)
     spool.close()
