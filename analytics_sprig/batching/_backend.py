@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Generic, List, Protocol, Sequence, TypeVar, Union
+from typing import Any, Generic, List, Optional, Protocol, Sequence, TypeVar, Union
 
 from ._lanes import Merger
 from ._ledger import DropReason
@@ -97,8 +97,8 @@ class Backend(Protocol[P, B, S]):
     def dropped(self, reason: DropReason, detail: str) -> BaseException:
         """The exception ``on_error`` receives for messages dropped for ``reason``."""
 
-    def open_session(self) -> S:
-        """A new connection (lazily opened)."""
+    def open_session(self, timeout: Optional[float] = None) -> S:
+        """A new connection (lazily opened); ``timeout`` caps each attempt's own bound."""
 
     def precheck(self) -> None:
         """Raise to fail an attempt without a request (e.g. an auth cool-down)."""

@@ -125,6 +125,7 @@ class BatchWorker(Generic[P, B]):
         self._threads: List[threading.Thread] = []
         self._senders = 0
         self._to_start = 0  # senders counted in, not started yet
+        self._threads_refused = False  # the interpreter refused a new thread (at exit)
         self._idle = 0
         self._in_flight = 0
         self._planner_asleep = False
@@ -494,10 +495,12 @@ class BatchWorker(Generic[P, B]):
                                       daemon=True)
             try:
                 thread.start()
-            except RuntimeError:  # interpreter shutting down
+            except RuntimeError:  # interpreter shutting down: flush() sends inline
                 with self._lock:
                     self._senders -= 1 + self._to_start
                     self._to_start = 0
+                    self._threads_refused = True
+                    self._ledger.changed.notify_all()  # a waiting flush() sends inline
                 return
             with self._lock:
                 self._threads = [t for t in self._threads if t.is_alive()] + [thread]
@@ -720,10 +723,9 @@ class BatchWorker(Generic[P, B]):
             needs_start = self._planner is None and not self._aborted
         self._start_senders()
         try:
-            if needs_start and not self._start():
+            if (needs_start and not self._start()) or self._threads_refused:
                 self._drain_inline(deadline)
             with self._lock:
-
 
                 def done() -> bool:
                     if self._inbox or (ledger.pending if reentrant else ledger.busy()):
@@ -731,7 +733,13 @@ class BatchWorker(Generic[P, B]):
                     return not self._spool_waits()
 
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                return ledger.changed.wait_for(done, remaining)
+                if ledger.changed.wait_for(lambda: done() or self._threads_refused, remaining):
+                    if done():
+                        return True
+            # A sender could not start (interpreter exit): this thread sends.
+            self._drain_inline(deadline)
+            with self._lock:
+                return done()
         finally:
             with self._lock:
                 self._flushing -= 1
@@ -744,16 +752,20 @@ class BatchWorker(Generic[P, B]):
                 and self._healthy and not self._aborted and not self._closed)
 
     def _drain_inline(self, deadline: Optional[float]) -> None:
-        """No thread can start (interpreter exit): plan and send from this thread."""
-        with self._lock:
-            items = self._take_inbox()
-            self._planning = items
-            self._placed = 0
-            epoch = self._epoch
-        self._plan_and_place(items, epoch)
-        session = self._backend.open_session()
+        """No sender thread can start (interpreter exit, Python 3.12+): send from this
+        thread, planning too if there is no planner, until drained or ``deadline``."""
+        session: Optional[Session] = None
         try:
             while deadline is None or time.monotonic() < deadline:
+                items: List[Any] = []
+                with self._lock:
+                    if self._planner is None or not self._planner.is_alive():
+                        items = self._take_inbox()
+                        self._planning = items
+                        self._placed = 0
+                    epoch = self._epoch
+                if items:
+                    self._plan_and_place(items, epoch)
                 with self._lock:
                     now = time.monotonic()
                     body = self._lanes.next_ready(now, True)
@@ -761,14 +773,27 @@ class BatchWorker(Generic[P, B]):
                         self._lanes.dispatch(body, now)
                         self._in_flight += 1
                     due = self._lanes.next_time()
+                    waiting = bool(self._inbox) or self._placed < len(self._planning)
                 if body is not None:
-                    self._attempt(body, session)
+                    if deadline is None:
+                        if session is None:
+                            session = self._backend.open_session()
+                        self._attempt(body, session)
+                    else:  # each attempt ends by the deadline, however slow the server
+                        bounded = self._backend.open_session(deadline - time.monotonic())
+                        try:
+                            self._attempt(body, bounded)
+                        finally:
+                            bounded.close()
+                elif waiting:
+                    time.sleep(0.005)  # the planner is placing what arrived
                 elif due is None or (deadline is not None and due >= deadline):
                     return
                 else:
                     time.sleep(max(0.0, due - time.monotonic()))
         finally:
-            session.close()
+            if session is not None:
+                session.close()
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
         """Flush within ``timeout`` (default ``shutdown_timeout``), then stop the threads.

@@ -290,9 +290,13 @@ class SprigClient:
         request_id = data.get("requestId") if isinstance(data, dict) else None
         return None if request_id is None else str(request_id)
 
-    def session(self) -> SprigSession:
-        """A new :class:`SprigSession`: a connection of its own (opened on first use)."""
-        return SprigSession(self)
+    def session(self, timeout: Optional[float] = None) -> SprigSession:
+        """A new :class:`SprigSession`: a connection of its own (opened on first use).
+
+        ``timeout`` bounds its attempts more tightly than the client's (a final flush at
+        interpreter exit must end by its deadline).
+        """
+        return SprigSession(self, timeout)
 
     def forget_connections(self) -> None:
         """Drop the connection pool without closing it (after ``fork()``: it is the parent's)."""
@@ -319,9 +323,11 @@ class SprigSession(SprigClient):
     connection); ``purge()`` opens one for the call. Same methods as the client.
     """
 
-    def __init__(self, client: SprigClient) -> None:
+    def __init__(self, client: SprigClient, timeout: Optional[float] = None) -> None:
         # The client's validated configuration, not a second validation of the key.
         self.__dict__.update(client.__dict__)
+        if timeout is not None:
+            self.timeout = max(0.001, min(self.timeout, timeout))
         self._http = None
         self._context = None
         self._lock = threading.Lock()

@@ -110,9 +110,9 @@ class SprigSender:
 
     # -- sending (sender threads) ----------------------------------------------------------
 
-    def open_session(self) -> SprigSession:
-        """One connection for one sender thread."""
-        return self._api.session()
+    def open_session(self, timeout: Optional[float] = None) -> SprigSession:
+        """One connection for one sender thread (``timeout``: a shorter attempt bound)."""
+        return self._api.session(timeout)
 
     def precheck(self) -> None:
         """Fail at once during an auth cool-down; after it, exactly one request probes
