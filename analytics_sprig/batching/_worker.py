@@ -733,9 +733,10 @@ class BatchWorker(Generic[P, B]):
                     return not self._spool_waits()
 
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if ledger.changed.wait_for(lambda: done() or self._threads_refused, remaining):
-                    if done():
-                        return True
+                woke = ledger.changed.wait_for(lambda: done() or self._threads_refused,
+                                               remaining)
+                if woke and done():
+                    return True
             # A sender could not start (interpreter exit): this thread sends.
             self._drain_inline(deadline)
             with self._lock:
