@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
+from cli_support import assert_clean
+from cli_support import run_cli as run
 
-from analytics_sprig import cli
 from analytics_sprig.cli import _input
 from analytics_sprig.testing import FakeSprig
 
 KEY = "hostile-key"
-ERROR_LINE = re.compile(r"^analytics-sprig( [a-z-]+)?: error: \S.*$")  # ours, or argparse's
 
 
 def good(i: int, user: str = "u-1") -> bytes:
@@ -103,21 +103,7 @@ def sprig() -> Iterator[FakeSprig]:
         yield server
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> Tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
-
-def assert_clean(code: int, out: str, err: str, expected: int) -> None:
-    text = out + err
-    assert "Traceback" not in text, text[-3000:]
-    assert "internal error" not in text, text[-3000:]
-    assert code == expected, text[-3000:]
-    if code != 0:
-        # The last thing on stderr is one line saying what went wrong.
-        last = err.rstrip("\n").splitlines()[-1]
-        assert ERROR_LINE.match(last), err[-2000:]
 
 
 def sent_users(sprig: FakeSprig) -> int:

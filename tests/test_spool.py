@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from cli_support import assert_clean, run_cli
 from segment.analytics import Client
 
-from analytics_sprig import MessageDropped, SprigDestination, cli
+from analytics_sprig import MessageDropped, SprigDestination
 from analytics_sprig.batching import _spool, _spooling
 from analytics_sprig.batching._spool import Spool, SpoolRow
 from analytics_sprig.cli import _spool as spool_cli
@@ -38,7 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI_DOC = ROOT / "docs" / "cli.md"
 KEY = "test-key"  # conftest's fake_sprig expects it
 USERS = "/v2/users"
-ERROR_LINE = re.compile(r"^analytics-sprig( [a-z-]+)*: error: \S.*$")
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -658,20 +658,7 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "100")
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> Tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
-
-def assert_clean(code: int, out: str, err: str, expected: int) -> None:
-    text = out + err
-    assert "Traceback" not in text, text[-3000:]
-    assert "internal error" not in text, text[-3000:]
-    assert code == expected, text[-3000:]
-    if code != 0:
-        last = err.rstrip("\n").splitlines()[-1]
-        assert ERROR_LINE.match(last), err[-2000:]
 
 
 def body(user: str, *events: str) -> Dict[str, Any]:
