@@ -160,6 +160,8 @@ class SprigClient:
         # A context is used by one transport at a time (httpcore sets ALPN on it).
         self._contexts: List[ssl.SSLContext] = []
         self._contexts_lock = threading.Lock()
+        self._plain = self.endpoint.startswith("http://") and self._proxy is None
+        self._shared_context: Optional[ssl.SSLContext] = None
 
     def __repr__(self) -> str:
         return f"SprigClient(endpoint={self.endpoint!r}, api_key='***')"
@@ -168,9 +170,18 @@ class SprigClient:
         with self._contexts_lock:
             if self._contexts:
                 return self._contexts.pop()
-        return tls_context()
+            if self._plain and self._shared_context is not None:
+                return self._shared_context
+        context = tls_context()
+        if self._plain:  # no TLS ever happens on it (http:// to loopback, no proxy): share it
+            with self._contexts_lock:
+                self._shared_context = self._shared_context or context
+                return self._shared_context
+        return context
 
     def _give_context(self, context: ssl.SSLContext) -> None:
+        if self._plain:
+            return
         with self._contexts_lock:
             self._contexts.append(context)
 
