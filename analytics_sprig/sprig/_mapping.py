@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import abc
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -82,7 +83,7 @@ def _flatten(prefix: str, traits: Mapping[Any, Any], out: Dict[str, Any], depth:
     for raw_key, value in traits.items():
         try:
             key = prefix + _text(raw_key)
-            if isinstance(value, Mapping):
+            if isinstance(value, abc.Mapping):
                 if depth < MAX_DEPTH:
                     _flatten(key + ".", value, out, depth + 1)
                 continue
@@ -228,7 +229,7 @@ def map_message(
     kind = message.get("type")
     if kind == "identify":
         traits = message.get("traits")
-        traits = traits if isinstance(traits, Mapping) else {}
+        traits = traits if isinstance(traits, abc.Mapping) else {}
         email = _email(traits.get("email"))
         if email is not None:
             payload["emailAddress"] = email
@@ -252,9 +253,9 @@ def map_message(
     if event is None:
         return None
     context = message.get("context")
-    if isinstance(context, Mapping):
+    if isinstance(context, abc.Mapping):
         traits = context.get("traits")
-        if isinstance(traits, Mapping):
+        if isinstance(traits, abc.Mapping):
             email = _email(traits.get("email"))
             if email is not None:
                 payload["emailAddress"] = email
