@@ -229,6 +229,72 @@ def test_a_quiet_process_uses_one_sender_and_one_connection(
     assert len({r.client for r in fake_sprig.requests}) == 1
 
 
+class OwnedLock:
+    """A lock that knows which thread holds it (``threading.Lock`` does not)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: Any = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self.owner = threading.get_ident()
+        return got
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def _is_owned(self) -> bool:  # what threading.Condition asks
+        return self.owner == threading.get_ident()
+
+
+def test_senders_are_started_outside_the_engine_lock(
+    fake_sprig: FakeSprig, make_destination: MakeDestination, monkeypatch: Any
+) -> None:
+    # Thread.start() waits for the new thread to run; under the lock, a loaded machine
+    # would stall the planner, the senders and every app thread's put() meanwhile.
+    import analytics_sprig.batching._ledger as ledger_module
+
+    locks: List[OwnedLock] = []
+
+    class Threading:
+        Condition = threading.Condition
+        local = threading.local
+
+        @staticmethod
+        def Lock() -> OwnedLock:  # stands in for threading.Lock
+            lock = OwnedLock()
+            locks.append(lock)
+            return lock
+
+    monkeypatch.setattr(ledger_module, "threading", Threading)
+    starts: List[bool] = []  # per sender start: whether its starter held the engine lock
+    original_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "analytics-sprig-sender":
+            starts.append(any(lock._is_owned() for lock in locks))
+        original_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    fake_sprig.set_latency(0.05)
+    destination = make_destination(flush_interval=0.01, max_concurrency=8)
+    assert locks, "the engine no longer takes its lock from the ledger: update this test"
+    for n in range(400):
+        destination.send(track(f"u{n % 40}", n))
+    assert destination.flush(timeout=30) is True
+    assert len(starts) >= 4  # several senders were started, by the planner and by senders
+    assert not any(starts), starts
+    assert destination.stats()["delivered"] == 400
+
+
 # -- unit level -----------------------------------------------------------------------------
 
 
