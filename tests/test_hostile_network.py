@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, List
 
 import httpx
 import pytest
@@ -235,6 +238,105 @@ def test_missing_network_backend_fails_loudly(monkeypatch: pytest.MonkeyPatch) -
             destination.purge(user_ids=["u"])
         destination.shutdown(timeout=1)
         assert server.attempts == []  # nothing went out unbounded
+
+
+# -- name lookups ---------------------------------------------------------------------------
+
+
+class Lookups:
+    """``socket.getaddrinfo`` as a test wants it: names in ``hang`` wait until released
+    (a resolver that never answers), the rest are looked up as usual; calls are recorded."""
+
+    def __init__(self, hang: Any = ()) -> None:
+        self.hang = set(hang)
+        self.calls: List[Any] = []
+        self.release = threading.Event()
+        self._real = socket.getaddrinfo
+
+    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((host, port))
+        if host in self.hang:
+            self.release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return self._real(host, port, *args, **kwargs)
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lookups]:
+    fake = Lookups(hang={"sprig.invalid"})
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    yield fake
+    fake.release.set()  # lets the lookup threads still waiting end
+
+
+def test_a_name_lookup_that_never_answers_is_bounded_by_timeout(lookups: Lookups) -> None:
+    destination = SprigDestination(API_KEY, endpoint="https://sprig.invalid",
+                                   **{**FAST, "max_retries": 1})
+    started = time.monotonic()
+    with pytest.raises(SprigNetworkError, match="ConnectTimeout") as raised:
+        destination.purge(user_ids=["user-1"])
+    took = time.monotonic() - started
+    destination.shutdown(timeout=1)
+    # Two attempts of at most ``timeout`` each, and a backoff between them.
+    assert took <= 2 * (TIMEOUT + SLACK), took
+    assert "looking up 'sprig.invalid'" in str(raised.value)
+    assert API_KEY not in str(raised.value)
+    # The second attempt waited on the lookup still running: one thread, not one per try.
+    assert lookups.calls.count(("sprig.invalid", 443)) == 1
+
+
+def test_senders_share_one_hung_lookup_and_every_call_is_accounted(lookups: Lookups) -> None:
+    from segment.analytics import Client
+
+    from analytics_sprig.testing import FakeSprig
+
+    errors: List[BaseException] = []
+    with FakeSprig() as segment:
+        destination = SprigDestination(
+            API_KEY, endpoint="https://sprig.invalid", max_concurrency=8,
+            on_error=lambda exc, msgs: errors.append(exc), **FAST,
+        )
+        client = Client("write-key", host=segment.url, send=True, upload_interval=0.05)
+        client.add_plugin(destination)
+        started = time.monotonic()
+        for i in range(20):
+            client.track(f"user-{i}", "Order Completed")
+        drained = destination.flush(timeout=10)
+        took = time.monotonic() - started
+        stats = destination.stats()
+        client.remove_plugin(destination)
+        destination.shutdown(timeout=1)
+        client.shutdown()
+    assert drained, stats
+    assert stats["failed"] == 20 and stats["pending"] == 0, stats
+    assert errors and all("ConnectTimeout" in str(e) for e in errors)
+    assert lookups.calls.count(("sprig.invalid", 443)) == 1
+    assert took <= 4 * (TIMEOUT + SLACK), took  # lanes in parallel: not 20 timeouts in a row
+
+
+def test_a_name_that_resolves_is_connected_to_by_its_address(lookups: Lookups) -> None:
+    with HostileServer(answer(202, b'{"requestId":"r"}')) as server:
+        endpoint = server.url.replace("127.0.0.1", "localhost")
+        destination = SprigDestination(API_KEY, endpoint=endpoint, **FAST)
+        assert destination.purge(user_ids=["u1"]) == ["r"]
+        destination.shutdown(timeout=1)
+    assert lookups.calls and lookups.calls[0][0] == "localhost"
+    assert len(server.attempts) == 1
+
+
+def test_a_failed_lookup_is_a_network_error_naming_the_host(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_such_name(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    destination = SprigDestination(API_KEY, endpoint="https://sprig.invalid", **FAST)
+    with pytest.raises(SprigNetworkError, match="ConnectError") as raised:
+        destination.purge(user_ids=["user-1"])
+    destination.shutdown(timeout=1)
+    assert "could not look up 'sprig.invalid'" in str(raised.value)
+    assert API_KEY not in str(raised.value)
 
 
 # -- Retry-After: a floor, a cap, a bounded number of attempts ----------------------------

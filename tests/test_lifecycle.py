@@ -651,6 +651,42 @@ def test_fork_with_a_joined_client_does_not_restart_its_consumers(
     assert run_in_child(child) == {"alive": [False], "sync_consumers": None}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_child_of_fork_does_not_wait_on_a_lookup_its_parent_left_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import threading
+
+    import httpcore
+
+    from analytics_sprig.sprig._resolver import RESOLVER
+
+    release = threading.Event()
+
+    def hangs(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hangs)
+    try:
+        with pytest.raises(httpcore.ConnectTimeout):
+            RESOLVER.addresses("sprig.invalid", 443, 0.05)  # its thread is still waiting
+
+        def child() -> Dict[str, Any]:
+            # The parent's lookup thread does not exist here: a lookup must start afresh.
+            socket.getaddrinfo = lambda *a, **k: [  # type: ignore[assignment]
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 443))]
+            try:
+                return {"addresses": RESOLVER.addresses("sprig.invalid", 443, 2)}
+            except httpcore.ConnectTimeout:
+                return {"addresses": "timed out"}
+
+        assert run_in_child(child)["addresses"] == ["192.0.2.7"]
+    finally:
+        release.set()
+
+
 # -- 4. one source of truth: client.plugin_manager ----------------------------------------------
 
 

@@ -7,6 +7,8 @@ httpx's own guarantees are not enough against a hostile or broken server:
 - ``response.read()`` takes whatever the server sends (200 MB, an endless chunked body, a
   gzip bomb); here the body is read up to :data:`MAX_BODY` bytes, never inflated beyond it,
   and a longer one is treated as absent (the status code still decides the outcome);
+- ``socket.getaddrinfo`` has no timeout at all; here the name lookup is bounded too
+  (:mod:`._resolver`);
 - its default TLS context honours ``SSLKEYLOGFILE`` (and ``SSL_CERT_FILE``/``SSL_CERT_DIR``
   with ``trust_env``); here the context is built from certifi's bundle only.
 
@@ -29,6 +31,8 @@ from typing import Any, Iterable, List, Optional, Type
 import certifi
 import httpcore
 import httpx
+
+from ._resolver import RESOLVER, is_ip_literal
 
 #: Largest response body read, in bytes (Sprig's JSON answers are a few hundred bytes).
 MAX_BODY = 64 * 1024
@@ -121,11 +125,23 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: Optional[str] = None,
         socket_options: Optional[Iterable[Any]] = None,
     ) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(
-            host, port, self._deadline.cap(timeout, httpcore.ConnectTimeout),
-            local_address=local_address, socket_options=socket_options,
-        )
-        return _DeadlineStream(stream, self._deadline)
+        cap = self._deadline.cap
+        timeout = cap(timeout, httpcore.ConnectTimeout)
+        # The name is looked up here, within the deadline (getaddrinfo has no timeout);
+        # TLS still checks the certificate against the URL's host, not the address.
+        addresses = [host] if is_ip_literal(host) else RESOLVER.addresses(host, port, timeout)
+        error: Exception = httpcore.ConnectError(f"no address found for {host!r}")
+        for address in addresses:  # in order, as socket.create_connection tries them
+            try:
+                stream = self._backend.connect_tcp(
+                    address, port, cap(timeout, httpcore.ConnectTimeout),
+                    local_address=local_address, socket_options=socket_options,
+                )
+            except httpcore.ConnectError as exc:
+                error = exc
+                continue
+            return _DeadlineStream(stream, self._deadline)
+        raise error
 
     def connect_unix_socket(
         self,
