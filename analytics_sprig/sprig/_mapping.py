@@ -74,6 +74,8 @@ def _joined(values: Iterable[Any], sort: bool = False) -> Optional[str]:
 
 def _text(value: Any) -> str:
     """``value`` as an exact ``str`` (a str subclass may override ``__str__``/``__hash__``)."""
+    if type(value) is str:  # nearly always: no call at all
+        return value
     if isinstance(value, str):
         return str.__str__(value)
     return str(value)
@@ -253,9 +255,10 @@ def map_message(
     if event is None:
         return None
     context = message.get("context")
-    if isinstance(context, abc.Mapping):
+    # ``type() is dict`` first: what Segment's normalizing gives, without the ABC's check.
+    if type(context) is dict or isinstance(context, abc.Mapping):
         traits = context.get("traits")
-        if isinstance(traits, abc.Mapping):
+        if type(traits) is dict or isinstance(traits, abc.Mapping):
             email = _email(traits.get("email"))
             if email is not None:
                 payload["emailAddress"] = email

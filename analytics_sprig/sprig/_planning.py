@@ -77,8 +77,8 @@ def _is_glob(pattern: str) -> bool:
 
 
 def _safe_text(value: Any) -> Optional[str]:
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     try:
         return _text(value)
     except Exception:
@@ -152,7 +152,11 @@ class SprigPlanner:
             body = map_message(message, self._page, self._screen, event)
             if body is None:
                 return Skip(SkipReason.UNMAPPABLE)
-            return Part(body["userId"], body, ref_of(message, event))
+            user_id = body["userId"]
+            kind = message.get("type")  # routing let it through: "track", "identify", ...
+            ref = (_safe_text(message.get("messageId")),
+                   kind if type(kind) is str else _safe_text(kind), user_id, event)
+            return Part(user_id, body, ref)
         except Exception as exc:
             return self.rejected(message, exc)
 
