@@ -574,6 +574,7 @@ def test_claims_of_a_closed_spool_in_this_process_are_reclaimed(path: str) -> No
     new.close()
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # forks on purpose
 def test_forked_child_uses_its_own_connection_and_parent_keeps_working(path: str) -> None:
     spool = Spool(path)
     spool.put([row(f"k{n}", n) for n in range(10)])
@@ -608,6 +609,7 @@ def test_forked_child_uses_its_own_connection_and_parent_keeps_working(path: str
     spool.close()
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # forks on purpose
 def test_a_fork_is_noticed_without_after_fork_in_child(path: str) -> None:
     spool = Spool(path)
     spool.put([row("a", 0), row("b", 1)])
