@@ -1,12 +1,11 @@
 """Name lookups bounded by the request's deadline.
 
-``socket.getaddrinfo`` takes no timeout: a resolver that does not answer holds a connect
-for as long as the system's resolver retries (``resolv.conf``: 5 s per try, per server, per attempt,
-and more behind a broken VPN), whatever ``timeout`` the request has. Here the lookup runs
-in a daemon thread and the caller waits for it at most the time it has left. A thread that
-is still waiting when its caller gives up is never abandoned twice: every caller wanting
-the same host and port waits on the one lookup that is running, so a resolver that hangs
-costs one thread per name, not one per attempt.
+``socket.getaddrinfo`` takes no timeout: a resolver that does not answer holds a connect for
+as long as the system retries (``resolv.conf``: 5 s per try, times attempts and servers),
+whatever ``timeout`` the request has. Here the lookup runs in a daemon thread, and the
+caller waits for it at most the time it has left. Every caller wanting the same host and
+port waits on the one lookup that is running, so a resolver that hangs costs one thread
+per name, not one per attempt.
 """
 
 from __future__ import annotations
