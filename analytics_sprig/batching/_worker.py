@@ -775,6 +775,9 @@ class BatchWorker(Generic[P, B]):
                         self._in_flight += 1
                     due = self._lanes.next_time()
                     waiting = bool(self._inbox) or self._placed < len(self._planning)
+                    # A sender started before exit still has a body out: once it settles,
+                    # that user's next body may go, and the flush must not stop before.
+                    elsewhere = self._in_flight > 0
                 if body is not None:
                     if deadline is None:
                         if session is None:
@@ -786,8 +789,8 @@ class BatchWorker(Generic[P, B]):
                             self._attempt(body, bounded)
                         finally:
                             bounded.close()
-                elif waiting:
-                    time.sleep(0.005)  # the planner is placing what arrived
+                elif waiting or elsewhere:
+                    time.sleep(0.005)  # the planner is placing what arrived, or a sender sends
                 elif due is None or (deadline is not None and due >= deadline):
                     return
                 else:
