@@ -571,6 +571,13 @@ spool = d._worker._gate.spool
 parent_conn = spool._conn
 assert parent_conn is not None
 
+def publish(name, facts):
+    # Written whole, then renamed: the test polls for the name and must never read half.
+    tmp = os.path.join(marks, name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(facts))
+    os.replace(tmp, os.path.join(marks, name))
+
 def run(role):
     for i in range(30):
         d.send({"type": "track", "userId": f"{role}-{i % 3}", "event": f"{role}{i:05d}",
@@ -584,7 +591,7 @@ def run(role):
     facts = {"spooled": d.stats()["spooled"], "own": spool._conn is not None
              and spool._conn is not parent_conn,
              "abandoned": any(c is parent_conn for c in _spool._ABANDONED)}
-    open(os.path.join(marks, role + ".spooled"), "w").write(json.dumps(facts))
+    publish(role + ".spooled", facts)
     deadline = time.monotonic() + 30
     while not os.path.exists(os.path.join(marks, "up")) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -593,7 +600,7 @@ def run(role):
         if d.flush(0.5) and _spool.Spool(path).status().rows == 0:
             break
     d.shutdown(5)
-    open(os.path.join(marks, role + ".json"), "w").write(json.dumps({**facts, **d.stats()}))
+    publish(role + ".json", {**facts, **d.stats()})
 
 pid = os.fork()
 if pid == 0:
