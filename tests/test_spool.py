@@ -590,7 +590,8 @@ def run(role):
         time.sleep(0.02)
     facts = {"spooled": d.stats()["spooled"], "own": spool._conn is not None
              and spool._conn is not parent_conn,
-             "abandoned": any(c is parent_conn for c in _spool._ABANDONED)}
+             "abandoned": any(c is parent_conn for c in _spool._ABANDONED),
+             "stats_then": d.stats()}  # for the test's failure message
     publish(role + ".spooled", facts)
     deadline = time.monotonic() + 30
     while not os.path.exists(os.path.join(marks, "up")) and time.monotonic() < deadline:
@@ -631,10 +632,16 @@ def test_after_fork_the_child_uses_the_spool_on_its_own_connection(
                                       for role in ("parent", "child")), 20), (
             process.poll(), process.stderr.read() if process.poll() is not None
             and process.stderr else "")
-        child_spooled = json.loads((marks / "child.spooled").read_text())
-        assert child_spooled["own"] is True and child_spooled["abandoned"] is True
-        info = spool_cli.read_spool(str(path))
-        assert info is not None and info.messages == 60  # both wrote to the same file
+        spooled = {role: json.loads((marks / f"{role}.spooled").read_text())
+                   for role in ("parent", "child")}
+        assert spooled["child"]["own"] is True and spooled["child"]["abandoned"] is True
+
+        def messages() -> int:
+            info = spool_cli.read_spool(str(path))
+            return 0 if info is None else info.messages
+
+        # Both wrote to the same file. On failure the message shows what each process saw.
+        assert wait_until(lambda: messages() == 60, 10), (messages(), spooled)
         down_sprig.start()
         (marks / "up").touch()
         _out, err = process.communicate(timeout=60)
