@@ -152,11 +152,7 @@ class SprigPlanner:
             body = map_message(message, self._page, self._screen, event)
             if body is None:
                 return Skip(SkipReason.UNMAPPABLE)
-            user_id = body["userId"]
-            kind = message.get("type")  # routing let it through: "track", "identify", ...
-            ref = (_safe_text(message.get("messageId")),
-                   kind if type(kind) is str else _safe_text(kind), user_id, event)
-            return Part(user_id, body, ref)
+            return Part(body["userId"], body, ref_of(message, event))
         except Exception as exc:
             return self.rejected(message, exc)
 
